@@ -1,0 +1,40 @@
+# Two entry points: `make demo` and `make test`. Both create .venv when missing and (re)install
+# only when pyproject.toml or constraints.txt changed since the last install.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.mlr-bench-installed
+REQS_HASH := $(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
+DEMO_DATA ?= .cache/demo-data
+
+export HF_HUB_OFFLINE ?= 1
+export WANDB_MODE ?= offline
+export OMP_NUM_THREADS ?= 1
+
+.PHONY: install demo test lint format clean
+
+install:
+	@if [ ! -x "$(PY)" ]; then python3 -m venv $(VENV); fi
+	@if [ "$$(cat $(STAMP) 2>/dev/null)" != "$(REQS_HASH)" ]; then \
+		echo "installing mlr-bench into $(VENV) (requirements changed or first install)"; \
+		$(PIP) install --quiet -c constraints.txt -e '.[dev]' && \
+		echo "$(REQS_HASH)" > $(STAMP); \
+	else echo "$(VENV) is up to date"; fi
+
+demo: install
+	$(PY) -m mlr_bench.demo $(DEMO_DATA)
+	$(VENV)/bin/mlr-bench train --method zeroshot --data folder --data.root $(DEMO_DATA) \
+		--method.backbone mlr-tiny-rn --method.pretrained none --data.batch_size 16 \
+		--trainer.default_root_dir runs/demo --trainer.enable_progress_bar false
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf runs .cache .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Built-in datamodules, installed as ``mlr_bench.datamodules`` and registered as entry points."""

@@ -1,0 +1,315 @@
+"""``mlr-bench``: stock LightningCLI subcommands plus short names from the plugin registry.
+
+``--method pvp`` / ``--data voc2007`` are rewritten to the registered class paths before
+LightningCLI parses (``--method.lr 0.01`` becomes ``--model.lr 0.01``), so everything LightningCLI
+offers keeps working: ``--config``, ``--print_config``, ``class_path/init_args``, ``--trainer.*``.
+Extra commands: ``train`` (fit, then test on the best or last checkpoint) and ``list``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal, NoReturn
+
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_warn
+
+from mlr_bench import registry
+from mlr_bench.datamodule import MLRDataModule
+from mlr_bench.errors import MLRBenchError
+from mlr_bench.eval.evaluator import Evaluator
+from mlr_bench.method import MLRMethod
+from mlr_bench.runs import run_dir
+
+USER_CONFIG = "~/.config/mlr-bench.yaml"
+TRAINER_COMMANDS = ("fit", "validate", "test", "predict", "train")
+#: CLI option -> LightningCLI key. ``--model`` keeps working as LightningCLI's canonical key.
+ALIASES = {"--method": ("method", "--model"), "--data": ("data", "--data")}
+
+
+# ---- argv rewriting ---------------------------------------------------------------------------
+def _looks_like_class_or_file(value: str) -> bool:
+    return "." in value or "/" in value or value.lstrip().startswith("{")
+
+
+def _resolve_value(kind: str, value: str) -> str:
+    """A registered short name becomes its class path; paths, files and dicts pass through."""
+    if _looks_like_class_or_file(value):
+        return value
+    known = registry.entries(registry.GROUPS[kind])
+    if value.lower() in known:
+        return known[value.lower()].class_path
+    # A class name typed as LightningCLI would accept it (e.g. "ZeroShotCLIP").
+    by_class = {e.class_path.rsplit(".", 1)[-1].lower(): e for e in known.values()}
+    if value.lower() in by_class:
+        return by_class[value.lower()].class_path
+    raise registry.UnknownNameError(registry.unknown_name_message(kind, value, sorted(known)))
+
+
+def rewrite_argv(argv: Sequence[str]) -> list[str]:
+    """Turn ``--method NAME``/``--data NAME`` (and ``--method.x``) into LightningCLI arguments."""
+    out: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        key, eq, inline = arg.partition("=")
+        if key in ALIASES:
+            kind, target = ALIASES[key]
+            if eq:
+                value = inline
+            elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+                i += 1
+                value = args[i]
+            else:
+                out.append(target if key == "--method" else arg)  # let the parser complain
+                i += 1
+                continue
+            out.append(f"{target}={_resolve_value(kind, value)}")
+        elif arg.startswith("--method."):
+            out.append("--model." + arg[len("--method.") :])
+        else:
+            out.append(arg)
+        i += 1
+    return out
+
+
+# ---- Lightning pieces ---------------------------------------------------------------------
+class MLRTrainer(Trainer):
+    """A Trainer with ``train``: the benchmark unit, fit followed by test."""
+
+    def train(  # type: ignore[override]  # nn.Module-style train(mode) does not exist on Trainer
+        self,
+        model: MLRMethod,
+        datamodule: MLRDataModule,
+        ckpt_path: str | None = None,
+        test_ckpt: Literal["best", "last"] = "best",
+    ) -> list[dict[str, float]]:
+        """Fit, then test on the best (by val/mAP) or the last checkpoint.
+
+        Args:
+            ckpt_path: checkpoint to resume fitting from.
+            test_ckpt: which checkpoint to test; falls back to the in-memory weights when no
+                checkpoint was written (e.g. ``--trainer.fast_dev_run``).
+        """
+        self.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        callback = self.checkpoint_callback
+        path = None
+        if callback is not None:
+            best = getattr(callback, "best_model_path", "")
+            last = getattr(callback, "last_model_path", "")
+            path = (best or last) if test_ckpt == "best" else (last or best)
+        if not path:
+            rank_zero_warn("train: no checkpoint was saved; testing the in-memory weights")
+        return self.test(model, datamodule=datamodule, ckpt_path=path or None)
+
+
+class RunDirSaveConfig(SaveConfigCallback):
+    """Save ``config.yaml`` in the run's own directory (never shared between runs)."""
+
+    def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        if self.already_saved:
+            return
+        path = run_dir(trainer) / self.config_filename
+        if trainer.is_global_zero:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.parser.save(self.config, str(path), skip_none=False, overwrite=True)
+        self.already_saved = trainer.strategy.broadcast(True)
+
+
+class MLRArgumentParser(LightningArgumentParser):
+    """Parse errors as one message and exit code 2, without the full usage listing."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        print(f"(run `{self.prog} --help` for the options)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+class MLRBenchCLI(LightningCLI):
+    """LightningCLI over MLRMethod/MLRDataModule subclasses with the shared evaluator."""
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as exc:  # jsonargparse folds a constructor's error into its own
+            user_error = _find_user_error(exc)
+            if user_error is None:
+                raise
+            raise user_error from None
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        commands = LightningCLI.subcommands()
+        commands["train"] = {"model", "datamodule"}
+        return commands
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments(
+            "data.class_names", "model.init_args.class_names", apply_on="instantiate"
+        )
+        parser.add_lightning_class_args(Evaluator, "evaluator")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/mAP",
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-{epoch}",
+            }
+        )
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """Apply the method's own trainer needs and give every run its own directory."""
+        config = self._get(self.config_init, "trainer", default={})
+        overrides = dict(getattr(self.model, "trainer_overrides", {}))
+        if config.get("logger") in (None, True):
+            method = registry.name_for_class("method", type(self.model))
+            data = registry.name_for_class("data", type(self.datamodule))
+            root = config.get("default_root_dir") or "runs"
+            overrides["logger"] = CSVLogger(save_dir=root, name=f"{method}/{data}")
+        return super().instantiate_trainer(**overrides, **kwargs)
+
+
+def _find_user_error(exc: BaseException) -> MLRBenchError | None:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, MLRBenchError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def check_yaml_files(args: Sequence[str]) -> None:
+    """Fail early, naming the file and line, on a config file that is not valid YAML."""
+    import yaml
+
+    for arg in args:
+        value = arg.partition("=")[2] if arg.startswith("--") else arg
+        if not value.endswith((".yaml", ".yml")):
+            continue
+        path = Path(value).expanduser()
+        if not path.is_file():
+            continue
+        try:
+            with path.open(encoding="utf-8") as f:
+                yaml.safe_load(f)
+        except yaml.YAMLError as exc:
+            detail = " ".join(str(exc).split())
+            raise MLRBenchError(f"{path}: not valid YAML: {detail}") from None
+
+
+def _cli(args: list[str] | None, run: bool = True) -> MLRBenchCLI:
+    config_files = [USER_CONFIG] if Path(USER_CONFIG).expanduser().is_file() else []
+    return MLRBenchCLI(
+        MLRMethod,
+        MLRDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        trainer_class=MLRTrainer,
+        parser_class=MLRArgumentParser,
+        save_config_callback=RunDirSaveConfig,
+        trainer_defaults={"default_root_dir": "runs"},
+        seed_everything_default=0,  # reproducible unless the user picks a seed
+        parser_kwargs={
+            **{c: {"default_config_files": config_files} for c in TRAINER_COMMANDS},
+            "description": (
+                "mlr-bench: text-only multi-label recognition with CLIP. "
+                "Select a method and a dataset by short name: --method NAME --data NAME "
+                "(see `mlr-bench list`)."
+            ),
+        },
+        args=args,
+        run=run,
+    )
+
+
+# ---- extra commands -----------------------------------------------------------------------
+def print_registry(out: Any = sys.stdout) -> int:
+    """``mlr-bench list``: every method and datamodule with a one-line description."""
+    from mlr_bench.clip.backbone import MODEL_CONFIG_DIR
+
+    failed = 0
+    for kind, title in (("method", "Methods"), ("data", "Datamodules")):
+        group = registry.GROUPS[kind]
+        loaded, failures = registry.load_group(group)
+        print(f"{title} (--{kind} NAME; entry-point group {group}):", file=out)
+        width = max([len(n) for n in registry.entries(group)] + [8])
+        for name, cls in loaded.items():
+            print(f"  {name:<{width}}  {registry.describe(cls)}", file=out)
+        for failure in failures:
+            failed += 1
+            print(
+                f"  {failure.entry.name:<{width}}  FAILED TO LOAD ({failure.entry.target}, "
+                f"from {failure.entry.distribution}): {failure.error}",
+                file=out,
+            )
+        print(file=out)
+    bundled = sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.json"))
+    print("Backbones: any open_clip model name + pretrained tag (e.g. RN50/openai,", file=out)
+    print(f"  ViT-B-16/openai), local-dir:<dir>, or bundled: {', '.join(bundled)}", file=out)
+    return 0
+
+
+def _report_plugin_failures() -> None:
+    for group in registry.GROUPS.values():
+        for failure in registry.load_group(group)[1]:
+            print(
+                f"mlr-bench: warning: plugin '{failure.entry.name}' ({group}) failed to load: "
+                f"{failure.error}",
+                file=sys.stderr,
+            )
+
+
+def run_cli(argv: Sequence[str] | None = None) -> MLRBenchCLI | None:
+    """Run one command and return the LightningCLI object (None for ``list``).
+
+    ``argv`` defaults to ``sys.argv[1:]``. User errors (unknown names, bad files) raise
+    ``SystemExit(2)`` after printing one message, like jsonargparse's own parse errors.
+    """
+    from_sys = argv is None
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["list"]:
+        print_registry()
+        return None
+    try:
+        rewritten = rewrite_argv(args)
+        check_yaml_files(rewritten)
+        _report_plugin_failures()
+        if from_sys:
+            # Rewrite in place: DDP's re-launch of this script then sees the same arguments.
+            sys.argv[1:] = rewritten
+            return _cli(None)
+        return _cli(rewritten)
+    except MLRBenchError as exc:
+        print(f"mlr-bench: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def main() -> int:
+    """Console entry point of ``mlr-bench``."""
+    _quiet_known_warnings()
+    run_cli()
+    return 0
+
+
+def _quiet_known_warnings() -> None:
+    """Silence warnings that are expected by design here and only confuse users."""
+    import warnings
+
+    benign = [
+        r".*module\(s\) in eval mode.*",  # the frozen CLIP stays in eval mode on purpose
+        r".*LeafSpec.*",  # Lightning's internal deprecation, not actionable by users
+        r".*`training_step` returned `None`.*",  # methods without training (zero-shot)
+    ]
+    for pattern in benign:
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+if __name__ == "__main__":
+    main()

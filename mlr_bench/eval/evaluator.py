@@ -1,0 +1,199 @@
+"""The one evaluator every method is scored by, exact under DDP.
+
+Each rank keeps the ``(index, scores, targets)`` of the samples it saw. At epoch end the ranks
+gather everything, drop the duplicates that ``DistributedSampler`` pads the last shard with
+(same dataset index), sort by index and compute the metrics once on the full set — so two
+processes give bit-for-bit the single-process numbers, even on an odd-sized set.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.trainer.states import TrainerFn
+from torch import Tensor
+
+from mlr_bench.eval.metrics import MultilabelMetrics, compute_metrics
+from mlr_bench.runs import atomic_write_json, git_revision, run_dir, versions
+
+Stage = Literal["val", "test"]
+
+
+def gather_unique(
+    index: Tensor, scores: Tensor, targets: Tensor, world_size: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """All ranks' samples, one row per dataset index, ordered by index."""
+    if world_size > 1:
+        from torchmetrics.utilities.distributed import gather_all_tensors
+
+        index, scores, targets = (
+            torch.cat(gather_all_tensors(t)) for t in (index, scores, targets)
+        )
+    index, scores, targets = index.cpu(), scores.cpu(), targets.cpu()
+    order = torch.argsort(index, stable=True)
+    index, scores, targets = index[order], scores[order], targets[order]
+    first = torch.ones_like(index, dtype=torch.bool)
+    first[1:] = index[1:] != index[:-1]
+    return index[first], scores[first], targets[first]
+
+
+class Evaluator(Callback):
+    """Collects scores on every rank and logs mAP, CP/CR/CF1, OP/OR/OF1 and top-k variants.
+
+    Logged keys are ``val/mAP``, ``test/mAP``, ``test/CF1``, ``test/OF1_top3``, ... and
+    ``test/AP/<class>``; ``test`` (and a stand-alone ``validate``) also write
+    ``results_<stage>.json`` into the run directory next to ``checkpoints/``.
+    """
+
+    def __init__(
+        self,
+        threshold: float = 0.0,
+        top_k: int = 3,
+        difficult: Literal["negative", "ignore"] = "negative",
+        write_results: bool = True,
+    ) -> None:
+        """
+        Args:
+            threshold: score at or above which a class counts as predicted (CP/CR/OP/OR/F1).
+                Raw CLIP scores are uncalibrated, so set it per method/backbone.
+            top_k: k of the top-k thresholded variants (3 in the field's papers).
+            difficult: target 0 (VOC "difficult") counts as "negative" (TaI-DPT/PVP/CoMC
+                protocol) or is "ignore"d (ML-GCN protocol).
+            write_results: write ``results_<stage>.json`` at the end of test/validate.
+        """
+        self.threshold = threshold
+        self.top_k = top_k
+        self.difficult = difficult
+        self.write_results = write_results
+        self._buffers: dict[str, list[dict[str, Tensor]]] = {"val": [], "test": []}
+        self.results: dict[str, dict[str, Any]] = {}
+
+    # ---- collection ------------------------------------------------------------------------
+    def _collect(self, stage: Stage, outputs: Any) -> None:
+        if not isinstance(outputs, dict) or not {"scores", "target", "index"} <= outputs.keys():
+            raise RuntimeError(
+                "Evaluator expects the step to return {'scores', 'target', 'index'} "
+                f"(MLRMethod's shared steps do); got {type(outputs).__name__}"
+            )
+        self._buffers[stage].append({k: outputs[k].detach() for k in ("scores", "target", "index")})
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._buffers["val"] = []
+
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._buffers["test"] = []
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ):
+        self._collect("val", outputs)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._collect("test", outputs)
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        write = trainer.state.fn == TrainerFn.VALIDATING and not trainer.sanity_checking
+        self._finish("val", trainer, pl_module, write=write)
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._finish("test", trainer, pl_module, write=True)
+
+    # ---- computation -----------------------------------------------------------------------
+    def compute(self, stage: Stage, world_size: int = 1) -> tuple[Tensor, MultilabelMetrics]:
+        """Metrics over everything collected for ``stage`` (all ranks when ``world_size`` > 1)."""
+        buf = self._buffers[stage]
+        if not buf:
+            raise RuntimeError(f"no {stage} samples were collected")
+        index, scores, targets = gather_unique(
+            torch.cat([b["index"].long() for b in buf]),
+            torch.cat([b["scores"].float() for b in buf]),
+            torch.cat([b["target"].to(torch.int8) for b in buf]),
+            world_size,
+        )
+        metrics = compute_metrics(
+            scores.double().numpy(),
+            targets.numpy(),
+            threshold=self.threshold,
+            top_k=self.top_k,
+            difficult=self.difficult,
+        )
+        return index, metrics
+
+    def _finish(self, stage: Stage, trainer: Trainer, pl_module: LightningModule, write: bool):
+        if not self._buffers[stage]:
+            return
+        _, metrics = self.compute(stage, trainer.world_size)
+        self._buffers[stage] = []
+        class_names = list(getattr(pl_module, "class_names", [])) or [
+            str(i) for i in range(len(metrics.per_class_ap))
+        ]
+        per_class = _per_class(metrics, class_names)
+        for key, value in metrics.as_dict().items():
+            pl_module.log(f"{stage}/{key}", float(value), sync_dist=True, prog_bar=key == "mAP")
+        if stage == "test":
+            for name, ap in per_class.items():
+                if ap is not None:
+                    pl_module.log(f"test/AP/{name}", ap, sync_dist=True)
+        self.results[stage] = self._report(trainer, pl_module, metrics, per_class, class_names)
+        if write and self.write_results:
+            path = run_dir(trainer) / f"results_{stage}.json"  # collective: call on every rank
+            if trainer.is_global_zero:
+                atomic_write_json(path, self.results[stage])
+            self.results[stage]["path"] = str(path)
+
+    def _report(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        metrics: MultilabelMetrics,
+        per_class: dict[str, float | None],
+        class_names: Sequence[str],
+    ) -> dict[str, Any]:
+        datamodule = getattr(trainer, "datamodule", None)
+        return {
+            "metrics": metrics.as_dict(),
+            "per_class_ap": per_class,
+            "excluded_classes": [class_names[i] for i in metrics.excluded_classes],
+            "num_samples": metrics.num_samples,
+            "evaluator": {
+                "threshold": self.threshold,
+                "top_k": self.top_k,
+                "difficult": self.difficult,
+            },
+            "method": _describe(pl_module),
+            "data": _describe(datamodule),
+            "seed": _seed(),
+            "ckpt_path": str(Path(trainer.ckpt_path).resolve()) if trainer.ckpt_path else None,
+            "world_size": trainer.world_size,
+            "versions": versions(),
+            "git_revision": git_revision(),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+
+
+def _per_class(metrics: MultilabelMetrics, class_names: Sequence[str]) -> dict[str, float | None]:
+    return {
+        name: (None if ap != ap else float(ap))  # NaN -> None: the class had no positives
+        for name, ap in zip(class_names, metrics.per_class_ap, strict=True)
+    }
+
+
+def _describe(obj: Any) -> dict[str, Any] | None:
+    if obj is None:
+        return None
+    cls = type(obj)
+    hparams = dict(getattr(obj, "hparams", {}) or {})
+    hparams.pop("class_names", None)  # listed with the per-class results already
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": hparams}
+
+
+def _seed() -> int | None:
+    import os
+
+    seed = os.environ.get("PL_GLOBAL_SEED")
+    return int(seed) if seed is not None else None
