@@ -86,13 +86,16 @@ class MLRMethod(LightningModule):
 
     # ---- plumbing --------------------------------------------------------------------------
     def configure_callbacks(self) -> list[Callback]:
-        """Attach the shared evaluator unless the user configured one."""
+        """Attach the shared evaluator and prediction writer unless the user configured them."""
         from mlr_bench.eval.evaluator import Evaluator
+        from mlr_bench.eval.predictions import PredictionWriter
 
-        trainer = self._trainer
-        if trainer is not None and any(isinstance(c, Evaluator) for c in trainer.callbacks):
-            return []
-        return [Evaluator()]
+        configured = self._trainer.callbacks if self._trainer is not None else []
+        return [
+            cls()
+            for cls in (Evaluator, PredictionWriter)
+            if not any(isinstance(c, cls) for c in configured)
+        ]
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         state = super().state_dict(*args, **kwargs)

@@ -148,3 +148,13 @@ def test_bad_input_is_one_clear_message(args, expected, tmp_path):
     assert out.returncode == 2, out.stderr
     assert expected in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_predict_writes_scores_per_image(zeroshot_args, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = run_cli(["predict", *zeroshot_args])
+    run = Path(cli.trainer.logger.log_dir)
+    lines = (run / "predictions.csv").read_text().splitlines()
+    assert lines[0] == "index,circle,square,triangle,cross,bar"
+    assert len(lines) == 1 + 41
+    assert [int(line.split(",")[0]) for line in lines[1:]] == list(range(41))
