@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import open_clip
 import torch
 import torch.nn.functional as F
+from open_clip.modified_resnet import ModifiedResNet
+from open_clip.transformer import VisionTransformer
 from torch import Tensor, nn
 
 from mlr_bench.errors import MLRBenchError
@@ -74,14 +77,49 @@ def create_clip(model: str, pretrained: str | None) -> tuple[nn.Module, Callable
     return clip_model, tokenizer, preprocess
 
 
+@dataclass(frozen=True)
+class ImageFeatures:
+    """Global and dense image features in CLIP's joint space, L2-normalised.
+
+    ``dense`` holds one joint-space vector per location (``grid`` = (h, w), row-major), so a
+    text embedding can be compared with every location, as methods with local branches need.
+    """
+
+    global_: Tensor  # [B, D]
+    dense: Tensor  # [B, h*w, D]
+    grid: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class TextFeatures:
+    """EOT embedding and per-token projected features of a text batch, L2-normalised."""
+
+    eot: Tensor  # [B, D]
+    tokens: Tensor  # [B, L, D]
+    mask: Tensor  # [B, L] bool: True on real tokens (SOS .. EOT), False on padding
+
+
 class CLIPBackbone(nn.Module):
-    """A frozen CLIP: normalised image and text embeddings in the joint space."""
+    """A frozen CLIP: global + dense image features, EOT + token text features, prompt path."""
 
     def __init__(self, model: str = "RN50", pretrained: str | None = "openai") -> None:
         super().__init__()
         self.model_name = model
         self.pretrained = pretrained
         self.clip, self.tokenizer, self.preprocess = create_clip(model, pretrained)
+        visual = self.clip.visual
+        if isinstance(visual, ModifiedResNet):
+            self.family = "resnet"
+        elif isinstance(visual, VisionTransformer) and visual.attn_pool is None:
+            self.family = "vit"
+            visual.output_tokens = True  # tokens come back after ln_post, ready to project
+        else:
+            raise BackboneLoadError(
+                f"'{model}': dense features need an open_clip ModifiedResNet or a plain "
+                f"VisionTransformer image tower, got {type(visual).__name__}"
+            )
+        if not hasattr(self.clip, "token_embedding"):
+            raise BackboneLoadError(f"'{model}': the prompt path needs open_clip's own text tower")
 
     @property
     def device(self) -> torch.device:
@@ -92,24 +130,121 @@ class CLIPBackbone(nn.Module):
         """CLIP's learned temperature, exponentiated (100 for OpenAI models)."""
         return self.clip.logit_scale.exp()
 
+    @property
+    def embed_dim(self) -> int:
+        return int(self.clip.text_projection.shape[-1])
+
+    @property
+    def text_width(self) -> int:
+        return int(self.clip.token_embedding.weight.shape[-1])
+
+    @property
+    def image_size(self) -> int:
+        size = self.clip.visual.image_size
+        return int(size[0] if isinstance(size, tuple | list) else size)
+
     def train(self, mode: bool = True) -> CLIPBackbone:
         """Stay in eval mode: the encoders are frozen (no dropout, no BN statistics updates)."""
         return super().train(False)
 
+    # ---- images ------------------------------------------------------------------------------
     def encode_image(self, images: Tensor) -> Tensor:
-        """L2-normalised global image embeddings ``[B, D]``."""
-        return F.normalize(self.clip.encode_image(images).float(), dim=-1)
+        """L2-normalised global image embeddings ``[B, D]`` (CLIP's own pooling)."""
+        out = self.clip.visual(images)
+        out = out[0] if isinstance(out, tuple) else out
+        return F.normalize(out.float(), dim=-1)
 
+    def encode_image_dense(
+        self, images: Tensor, global_pool: Literal["clip", "no_pos"] = "clip"
+    ) -> ImageFeatures:
+        """Global and per-location features.
+
+        ResNet: the last stage's map goes through the attention pool's value and output
+        projections per location (no query/key attention, as TaI-DPT and MaskCLIP do).
+        ``global_pool="no_pos"`` drops the positional embedding from the attention pool, the
+        TaI-DPT choice; "clip" keeps CLIP's own pooling. ViT: patch tokens after ``ln_post``,
+        projected; the global feature is the class token (``global_pool`` has no effect).
+        """
+        if self.family == "vit":
+            pooled, tokens = self.clip.visual(images)
+            dense = tokens @ self.clip.visual.proj
+            side = round(dense.shape[1] ** 0.5)
+            return ImageFeatures(_unit(pooled), _unit(dense), (side, side))
+        visual = self.clip.visual
+        x = visual.stem(images.type(visual.conv1.weight.dtype))
+        x = visual.layer4(visual.layer3(visual.layer2(visual.layer1(x))))
+        h, w = x.shape[-2:]
+        pool = visual.attnpool
+        flat = x.flatten(2).transpose(1, 2)  # [B, HW, C]
+        dense = pool.c_proj(pool.v_proj(flat))
+        global_ = pool(x) if global_pool == "clip" else _attention_pool_without_position(pool, flat)
+        return ImageFeatures(_unit(global_), _unit(dense), (int(h), int(w)))
+
+    # ---- text --------------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> Tensor:
         return self.tokenizer(list(texts)).to(self.device)
 
     def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> Tensor:
         """L2-normalised text (EOT) embeddings ``[N, D]``, encoded in batches."""
         chunks = [
-            self.clip.encode_text(self.tokenize(texts[i : i + batch_size])).float()
+            self.encode_text_tokens(self.tokenize(texts[i : i + batch_size])).eot
             for i in range(0, len(texts), batch_size)
         ]
-        return F.normalize(torch.cat(chunks), dim=-1)
+        return torch.cat(chunks)
+
+    def encode_text_tokens(self, token_ids: Tensor) -> TextFeatures:
+        """EOT and every token projected into the joint space, with the padding mask."""
+        embedded = self.clip.token_embedding(token_ids)
+        eot, tokens = self.encode_embedded_text(embedded, token_ids.argmax(dim=-1))
+        return TextFeatures(eot, tokens, token_ids != 0)
+
+    def encode_embedded_text(self, embedded: Tensor, eot_index: Tensor) -> tuple[Tensor, Tensor]:
+        """Run already-embedded tokens ``[B, L, W]`` through the frozen text transformer.
+
+        This is the prompt path: learnable context vectors are spliced into ``embedded`` by the
+        caller and gradients flow back to them. Returns normalised (EOT ``[B, D]``, tokens
+        ``[B, L, D]``).
+        """
+        clip = self.clip
+        cast = clip.transformer.get_cast_dtype()
+        x = embedded.to(cast) + clip.positional_embedding.to(cast)
+        x = clip.transformer(x, attn_mask=clip.attn_mask)
+        x = clip.ln_final(x)
+        proj = clip.text_projection
+        tokens = proj(x) if isinstance(proj, nn.Linear) else x @ proj
+        eot = tokens[torch.arange(tokens.shape[0], device=tokens.device), eot_index]
+        return _unit(eot), _unit(tokens)
 
     def describe(self) -> dict[str, Any]:
-        return {"model": self.model_name, "pretrained": self.pretrained}
+        return {"model": self.model_name, "pretrained": self.pretrained, "family": self.family}
+
+
+def _unit(x: Tensor) -> Tensor:
+    return F.normalize(x.float(), dim=-1)
+
+
+def _attention_pool_without_position(pool: nn.Module, flat: Tensor) -> Tensor:
+    """CLIP's attention pool (mean query over all locations) with no positional embedding."""
+    x = torch.cat([flat.mean(dim=1, keepdim=True), flat], dim=1).transpose(0, 1)  # [HW+1, B, C]
+    out, _ = F.multi_head_attention_forward(
+        query=x[:1],
+        key=x,
+        value=x,
+        embed_dim_to_check=x.shape[-1],
+        num_heads=pool.num_heads,
+        q_proj_weight=pool.q_proj.weight,
+        k_proj_weight=pool.k_proj.weight,
+        v_proj_weight=pool.v_proj.weight,
+        in_proj_weight=None,
+        in_proj_bias=torch.cat([pool.q_proj.bias, pool.k_proj.bias, pool.v_proj.bias]),
+        bias_k=None,
+        bias_v=None,
+        add_zero_attn=False,
+        dropout_p=0.0,
+        out_proj_weight=pool.c_proj.weight,
+        out_proj_bias=pool.c_proj.bias,
+        use_separate_proj_weight=True,
+        training=False,
+        need_weights=False,
+    )
+    return out[0]
