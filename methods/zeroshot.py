@@ -22,16 +22,18 @@ class ZeroShotCLIP(MLRMethod):
     def __init__(
         self,
         class_names: Sequence[str] | None = None,
-        backbone: str = "RN50",
-        pretrained: str | None = "openai",
+        backbone: str = "world",
+        pretrained: str | None = "bundled",
         templates: Literal["single", "ensemble"] = "single",
         prompt: str = "a photo of a {}.",
     ) -> None:
         """
         Args:
             class_names: linked from the datamodule by the CLI.
-            backbone: open_clip model name, ``local-dir:<dir>`` or a bundled config.
-            pretrained: open_clip pretrained tag, a local weights file, or None (random init).
+            backbone: open_clip model name (e.g. ``RN50``), ``local-dir:<dir>``, or a bundled
+                config; the default ``world`` micro-CLIP runs offline.
+            pretrained: open_clip tag (e.g. ``openai``), a local weights file, ``bundled`` (the
+                weights shipped with mlr-bench) or None (seeded random init).
             templates: "single" uses ``prompt``; "ensemble" averages CLIP's 80 ImageNet templates.
             prompt: the single template, with ``{}`` standing for the class name.
         """

@@ -7,7 +7,7 @@ import numpy as np
 from mlr_bench.text import SynonymLabeler, plural_forms
 
 CLASSES = ["dog", "traffic light", "light", "box", "city", "leaf"]
-SYNONYMS = {"dog": ["puppy", "hound"], "box": ["crate"]}
+SYNONYMS = {"dog": ["puppy", "hound"], "box": ["crate", "six-sided shape"]}
 
 
 def test_plural_forms():
@@ -26,11 +26,13 @@ def test_labels_from_names_synonyms_and_plurals():
             "dogged by hounds",  # "dogged" is not a dog, "hounds" is
             "nothing here",
             "leaves under a light",
+            "two six sided shapes",
         ]
     )
-    expected = np.zeros((5, 6), dtype=np.int8)
+    expected = np.zeros((6, 6), dtype=np.int8)
     expected[0, [0, 1]] = 1  # traffic light wins over light
     expected[1, [3, 4]] = 1
     expected[2, 0] = 1
     expected[4, [2, 5]] = 1
+    expected[5, 3] = 1  # a hyphenated synonym matches however the text writes it
     np.testing.assert_array_equal(labels, expected)

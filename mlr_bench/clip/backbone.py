@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from mlr_bench.errors import MLRBenchError
 
 MODEL_CONFIG_DIR = Path(__file__).with_name("model_configs")
+BUNDLED_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "world" / "weights"
 #: Seed of the weights of a model created with ``pretrained=None`` (random but reproducible).
 RANDOM_INIT_SEED = 0
 
@@ -55,11 +56,28 @@ def _load_error(model: str, pretrained: str | None, exc: Exception) -> BackboneL
     )
 
 
+def bundled_weights(model: str) -> Path:
+    """Path of the weights shipped inside the package for a bundled model (``world``)."""
+    path = BUNDLED_WEIGHTS_DIR / f"{model}.safetensors"
+    if not path.is_file():
+        raise BackboneLoadError(
+            f"no bundled weights for '{model}' ({path} is missing); bundled weights exist for: "
+            f"{', '.join(sorted(p.stem for p in BUNDLED_WEIGHTS_DIR.glob('*.safetensors')))}"
+        )
+    return path
+
+
 def create_clip(model: str, pretrained: str | None) -> tuple[nn.Module, Callable, Callable]:
-    """Build ``(clip_model, tokenizer, eval_preprocess)`` in eval mode, weights frozen."""
+    """Build ``(clip_model, tokenizer, eval_preprocess)`` in eval mode, weights frozen.
+
+    ``pretrained``: an open_clip tag, a local weights file, ``"bundled"`` (weights shipped with
+    mlr-bench, e.g. for ``world``) or None/"none" for a seeded random initialisation.
+    """
     register_bundled_configs()
     if pretrained in (None, "", "none", "random"):
         pretrained = None
+    elif pretrained == "bundled":
+        pretrained = str(bundled_weights(model))
     elif _is_local_file(pretrained) and not Path(pretrained).is_file():
         raise BackboneLoadError(f"CLIP weights file '{pretrained}' does not exist")
     try:

@@ -28,6 +28,11 @@ def plural_forms(word: str) -> set[str]:
     return forms
 
 
+def _normalise(text: str) -> str:
+    """Lower case, punctuation and hyphens to spaces: texts and synonyms are compared alike."""
+    return " ".join(re.sub(r"[^a-z0-9' ]", " ", text.lower()).split())
+
+
 class SynonymLabeler:
     """Multi-hot labels ``[N, C]`` (int8, 1 = mentioned) from class synonyms."""
 
@@ -36,7 +41,7 @@ class SynonymLabeler:
         phrase_to_class: dict[str, int] = {}
         for c, name in enumerate(self.class_names):
             for phrase in {name, *synonyms.get(name, ())}:
-                words = phrase.lower().replace("_", " ").split()
+                words = _normalise(phrase.replace("_", " ")).split()
                 if not words:
                     continue
                 for last in plural_forms(words[-1]):
@@ -48,8 +53,7 @@ class SynonymLabeler:
 
     def classes_in(self, text: str) -> set[int]:
         """Indices of the classes that ``text`` mentions."""
-        normalised = " ".join(re.sub(r"[^a-z0-9' ]", " ", text.lower()).split())
-        return {self._phrase_to_class[m] for m in self._pattern.findall(normalised)}
+        return {self._phrase_to_class[m] for m in self._pattern.findall(_normalise(text))}
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         labels = np.zeros((len(texts), len(self.class_names)), dtype=np.int8)

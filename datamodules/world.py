@@ -1,0 +1,159 @@
+"""The built-in synthetic world as a datamodule: offline, deterministic, minutes to benchmark.
+
+It provides what a real dataset does: class names and synonyms, evaluation images with
+targets (val and test drawn from disjoint seeds, so no test image ever steers training or
+checkpoint selection), a caption corpus labelled by the synonym labeler (not by the generator's
+ground truth, so label noise is realistic), an LLM-style sentence source, and a text-to-image
+renderer standing in for Stable Diffusion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from mlr_bench.batch import TEXT, EvalSample
+from mlr_bench.datamodule import MLRDataModule, Transform
+from mlr_bench.text import SynonymLabeler
+from mlr_bench.world import (
+    CLASS_NAMES,
+    SYNONYMS,
+    generate,
+    generate_captions,
+    render_caption,
+    template_sentences,
+)
+
+#: Seeds of the world's splits: fixed offsets from the datamodule seed, disjoint by design.
+SPLIT_OFFSETS = {"test": 1_000_003, "val": 3_000_017, "captions": 2_000_003, "sentences": 4_000_037}
+
+
+@dataclass(frozen=True)
+class TextCorpus:
+    """Training text with multi-hot labels ``[N, C]`` (int8) from the labeler."""
+
+    texts: list[str]
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+class WorldImages(Dataset):
+    """Rendered world scenes as evaluation samples."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Transform) -> None:
+        self.images = images
+        self.targets = torch.from_numpy(np.where(labels > 0, 1, -1).astype(np.int8))
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> EvalSample:
+        image = self.transform(Image.fromarray(self.images[i]))
+        return {"image": image, "target": self.targets[i], "index": i}
+
+
+class TextDataset(Dataset):
+    """Text samples ``{"text", "target"}`` for methods that train on text."""
+
+    def __init__(self, corpus: TextCorpus) -> None:
+        self.corpus = corpus
+
+    def __len__(self) -> int:
+        return len(self.corpus)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"text": self.corpus.texts[i], "target": torch.from_numpy(self.corpus.labels[i])}
+
+
+class World(MLRDataModule):
+    """The built-in synthetic world (18 classes of shapes and icons), with the micro-CLIP."""
+
+    provides = frozenset({TEXT})
+
+    def __init__(
+        self,
+        seed: int = 0,
+        num_test: int = 2000,
+        num_val: int = 500,
+        num_captions: int = 20_000,
+        num_sentences: int = 5000,
+        scene_size: int = 96,
+        batch_size: int = 256,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        image_size: int | None = None,
+    ) -> None:
+        """
+        Args:
+            seed: world seed; every split derives its own disjoint seed from it.
+            num_test: held-out test images.
+            num_val: validation images (a separate draw, never the test images).
+            num_captions: size of the caption corpus (text-only training data).
+            num_sentences: size of the LLM-style sentence corpus.
+            scene_size: rendering resolution of the scenes in pixels.
+        """
+        super().__init__(batch_size, eval_batch_size, num_workers, image_size)
+        self.save_hyperparameters()
+        self.seed = seed
+        self.sizes = {"test": num_test, "val": num_val}
+        self.num_captions = num_captions
+        self.num_sentences = num_sentences
+        self.scene_size = scene_size
+        self.labeler = SynonymLabeler(CLASS_NAMES, SYNONYMS)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(CLASS_NAMES)
+
+    @property
+    def synonyms(self) -> dict[str, list[str]]:
+        return {c: list(SYNONYMS[c]) for c in CLASS_NAMES}
+
+    def split(self, name: str):
+        """The rendered split (images, ground-truth labels, captions, scenes); cached."""
+        if name not in self._splits:
+            seed = self.seed + SPLIT_OFFSETS[name]
+            self._splits[name] = generate(self.sizes[name], seed=seed, image_size=self.scene_size)
+        return self._splits[name]
+
+    @cached_property
+    def _splits(self) -> dict:
+        return {}
+
+    def eval_dataset(self, split: str, transform: Transform) -> WorldImages:
+        data = self.split(split)
+        return WorldImages(data.images, data.labels, transform)
+
+    @cached_property
+    def caption_corpus(self) -> TextCorpus:
+        """Captions of unseen scenes, labelled from their words by the synonym labeler."""
+        texts, _ = generate_captions(self.num_captions, seed=self.seed + SPLIT_OFFSETS["captions"])
+        return TextCorpus(list(texts), self.labeler(texts))
+
+    @cached_property
+    def sentence_corpus(self) -> TextCorpus:
+        """LLM-style sentences about 1–3 classes (the PVP/CoMC recipe's text source)."""
+        rng = np.random.default_rng(self.seed + SPLIT_OFFSETS["sentences"])
+        texts = []
+        for _ in range(self.num_sentences):
+            k = int(rng.integers(1, 4))
+            chosen = [CLASS_NAMES[c] for c in rng.choice(len(CLASS_NAMES), k, replace=False)]
+            texts.append(template_sentences(chosen, rng))
+        return TextCorpus(texts, self.labeler(texts))
+
+    def text_to_image(self, caption: str, seed: int) -> np.ndarray:
+        """Render a caption in the world's "generated" style (the Stable Diffusion stand-in)."""
+        return render_caption(caption, np.random.default_rng(seed), image_size=self.scene_size)
+
+    def train_dataset(self, kind: str) -> Dataset:
+        if kind == TEXT:
+            return TextDataset(self.caption_corpus)
+        return super().train_dataset(kind)
