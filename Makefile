@@ -5,7 +5,6 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.mlr-bench-installed
 REQS_HASH := $(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
-DEMO_DATA ?= .cache/demo-data
 
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
@@ -22,9 +21,7 @@ install:
 	else echo "$(VENV) is up to date"; fi
 
 demo: install
-	$(PY) -m mlr_bench.demo $(DEMO_DATA)
-	$(VENV)/bin/mlr-bench train --method zeroshot --data folder --data.root $(DEMO_DATA) \
-		--method.backbone mlr-tiny-rn --method.pretrained none --data.batch_size 16 \
+	$(VENV)/bin/mlr-bench train --method zeroshot --data world \
 		--trainer.default_root_dir runs/demo --trainer.enable_progress_bar false
 
 test: install

@@ -26,6 +26,7 @@ from mlr_bench.world import (
     template_sentences,
 )
 from mlr_bench.world.preview import save_preview
+from mlr_bench.world.scenes import SIZE_RANGE
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +143,8 @@ def test_objects_stay_localised():
     for i in range(500):
         scene = sample_scene(np.random.default_rng([22, i]), image_size=64)
         for obj in scene.objects:
-            assert 0.1 * 64 <= obj.size <= 0.4 * 64 + 1e-9
+            lo, hi = SIZE_RANGE
+            assert lo * 64 - 1e-9 <= obj.size <= hi * 64 + 1e-9 and hi < 0.5  # never fills it
             assert -30 <= obj.rotation <= 30
             assert 0 <= obj.x <= 64 and 0 <= obj.y <= 64
 

@@ -33,15 +33,16 @@ class PretrainConfig:
     image_size: int = 96
     pool_images: int = 40_000
     captions_per_image: int = 4
-    steps: int = 1200
-    batch_size: int = 256
+    steps: int = 2400
+    batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 0.1
-    warmup_steps: int = 100
+    warmup_steps: int = 150
     init_temperature: float = 0.07
     threads: int = 2
     save_every: int = 100
     bf16: bool = True  # autocast on CPU: ~25% faster steps, fp32 master weights
+    init_from: str = ""  # weights of an earlier phase to continue from (multi-phase recipes)
 
 
 def build_model(seed: int) -> torch.nn.Module:
@@ -96,6 +97,11 @@ def pretrain(cfg: PretrainConfig, out_dir: Path) -> Path:
 
     model = build_model(cfg.seed)
     model.logit_scale.data.fill_(math.log(1 / cfg.init_temperature))
+    if cfg.init_from:
+        from safetensors.torch import load_file
+
+        model.load_state_dict({k: v.float() for k, v in load_file(cfg.init_from).items()})
+        print(f"continuing from {cfg.init_from}", flush=True)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embedding" in n]
     groups = [

@@ -30,7 +30,7 @@ THEME_P = 0.75
 #: P(one object repeats an earlier category) for scenes of 2+ objects ("two stars").
 DUPLICATE_P = 0.10
 #: Object size as a fraction of the image side (its extent across).
-SIZE_RANGE = (0.14, 0.40)
+SIZE_RANGE = (0.18, 0.42)
 MAX_ROTATION = 30.0
 TYPICAL_COLOR_P = 0.40
 COLOR_JITTER = 30.0
