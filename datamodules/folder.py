@@ -11,8 +11,10 @@ Layout (all paths relative to ``root``)::
 from __future__ import annotations
 
 import csv
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 from torch.utils.data import Dataset
@@ -123,6 +125,7 @@ class MultiLabelFolder(MLRDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         image_size: int | None = None,
+        cache_dir: str | None = None,
     ) -> None:
         """
         Args:
@@ -130,7 +133,7 @@ class MultiLabelFolder(MLRDataModule):
             val_split: name of the validation CSV (without .csv); None disables validation.
             test_split: name of the test CSV (without .csv).
         """
-        super().__init__(batch_size, eval_batch_size, num_workers, image_size)
+        super().__init__(batch_size, eval_batch_size, num_workers, image_size, cache_dir)
         self.save_hyperparameters()
         self.root = Path(root).expanduser()
         self._class_names, self._synonyms = read_classes(self.root / "classes.txt")
@@ -143,6 +146,25 @@ class MultiLabelFolder(MLRDataModule):
     @property
     def synonyms(self) -> dict[str, list[str]]:
         return {c: list(s) for c, s in self._synonyms.items()}
+
+    def has_split(self, split: str) -> bool:
+        return self.splits.get(split) is not None
+
+    def identity(self, split: str) -> dict[str, Any]:
+        """The class list, the split's CSV and every listed image's size and mtime: editing,
+        adding or replacing any of them changes the cache key."""
+        h = hashlib.sha256((self.root / "classes.txt").read_bytes())
+        csv = self.root / f"{self.splits[split]}.csv"
+        h.update(csv.read_bytes())
+        for item in read_split(csv, self._class_names):
+            st = item.path.stat() if item.path.exists() else None
+            h.update(f"{item.path}:{st and st.st_size}:{st and st.st_mtime_ns};".encode())
+        return {
+            "datamodule": "MultiLabelFolder",
+            "root": str(self.root.resolve()),
+            "split": split,
+            "files": h.hexdigest()[:20],
+        }
 
     def eval_dataset(self, split: str, transform: Transform) -> FolderImages | None:
         name = self.splits.get(split)

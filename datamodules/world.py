@@ -9,7 +9,6 @@ renderer standing in for Stable Diffusion.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
@@ -20,6 +19,7 @@ from torch.utils.data import Dataset
 from mlr_bench.batch import TEXT, EvalSample
 from mlr_bench.datamodule import MLRDataModule, Transform
 from mlr_bench.text import SynonymLabeler
+from mlr_bench.text.corpus import CAPTIONS, SENTENCES, TextCorpus
 from mlr_bench.world import (
     CLASS_NAMES,
     SYNONYMS,
@@ -31,17 +31,6 @@ from mlr_bench.world import (
 
 #: Seeds of the world's splits: fixed offsets from the datamodule seed, disjoint by design.
 SPLIT_OFFSETS = {"test": 1_000_003, "val": 3_000_017, "captions": 2_000_003, "sentences": 4_000_037}
-
-
-@dataclass(frozen=True)
-class TextCorpus:
-    """Training text with multi-hot labels ``[N, C]`` (int8) from the labeler."""
-
-    texts: list[str]
-    labels: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.texts)
 
 
 class WorldImages(Dataset):
@@ -58,19 +47,6 @@ class WorldImages(Dataset):
     def __getitem__(self, i: int) -> EvalSample:
         image = self.transform(Image.fromarray(self.images[i]))
         return {"image": image, "target": self.targets[i], "index": i}
-
-
-class TextDataset(Dataset):
-    """Text samples ``{"text", "target"}`` for methods that train on text."""
-
-    def __init__(self, corpus: TextCorpus) -> None:
-        self.corpus = corpus
-
-    def __len__(self) -> int:
-        return len(self.corpus)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"text": self.corpus.texts[i], "target": torch.from_numpy(self.corpus.labels[i])}
 
 
 class World(MLRDataModule):
@@ -90,6 +66,7 @@ class World(MLRDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         image_size: int | None = None,
+        cache_dir: str | None = None,
     ) -> None:
         """
         Args:
@@ -100,7 +77,7 @@ class World(MLRDataModule):
             num_sentences: size of the LLM-style sentence corpus.
             scene_size: rendering resolution of the scenes in pixels.
         """
-        super().__init__(batch_size, eval_batch_size, num_workers, image_size)
+        super().__init__(batch_size, eval_batch_size, num_workers, image_size, cache_dir)
         self.save_hyperparameters()
         self.seed = seed
         self.sizes = {"test": num_test, "val": num_val}
@@ -140,20 +117,40 @@ class World(MLRDataModule):
 
     @cached_property
     def sentence_corpus(self) -> TextCorpus:
-        """LLM-style sentences about 1–3 classes (the PVP/CoMC recipe's text source)."""
+        """LLM-style sentences about 1–3 requested classes (the PVP/CoMC recipe's text source).
+
+        Labels are the *requested* class sets, as in CoMC (its LLM prompt asks for a sentence
+        about given labels and the sentence is never parsed); ``parsed_sentence_corpus``
+        labels the same sentences with the labeler instead, as PVP does.
+        """
         rng = np.random.default_rng(self.seed + SPLIT_OFFSETS["sentences"])
         texts = []
-        for _ in range(self.num_sentences):
+        labels = np.zeros((self.num_sentences, len(CLASS_NAMES)), dtype=np.int8)
+        for i in range(self.num_sentences):
             k = int(rng.integers(1, 4))
-            chosen = [CLASS_NAMES[c] for c in rng.choice(len(CLASS_NAMES), k, replace=False)]
-            texts.append(template_sentences(chosen, rng))
+            chosen = rng.choice(len(CLASS_NAMES), k, replace=False)
+            labels[i, chosen] = 1
+            texts.append(template_sentences([CLASS_NAMES[c] for c in chosen], rng))
+        return TextCorpus(texts, labels)
+
+    @cached_property
+    def parsed_sentence_corpus(self) -> TextCorpus:
+        texts = self.sentence_corpus.texts
         return TextCorpus(texts, self.labeler(texts))
+
+    def text_corpus(self, source: str) -> TextCorpus:
+        corpora = {
+            CAPTIONS: lambda: self.caption_corpus,
+            SENTENCES: lambda: self.sentence_corpus,
+            "parsed_sentences": lambda: self.parsed_sentence_corpus,
+        }
+        if source not in corpora:
+            raise ValueError(f"unknown text source {source!r}; the world has {sorted(corpora)}")
+        return corpora[source]()
+
+    def has_split(self, split: str) -> bool:
+        return split in self.sizes
 
     def text_to_image(self, caption: str, seed: int) -> np.ndarray:
         """Render a caption in the world's "generated" style (the Stable Diffusion stand-in)."""
         return render_caption(caption, np.random.default_rng(seed), image_size=self.scene_size)
-
-    def train_dataset(self, kind: str) -> Dataset:
-        if kind == TEXT:
-            return TextDataset(self.caption_corpus)
-        return super().train_dataset(kind)

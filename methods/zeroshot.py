@@ -5,17 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
-import torch
-from open_clip import OPENAI_IMAGENET_TEMPLATES
 from torch import Tensor
 
-from mlr_bench.batch import EvalBatch
+from mlr_bench.batch import FeatureBatch
 from mlr_bench.clip import CLIPBackbone
-from mlr_bench.method import MLRMethod
+from mlr_bench.clip.prompts import hand_prompt_embeddings, spatial_softmax_pool
+from mlr_bench.method import FeatureMethod
 
 
-class ZeroShotCLIP(MLRMethod):
-    """Zero-shot CLIP baseline: no training, class prompts vs. the global image embedding."""
+class ZeroShotCLIP(FeatureMethod):
+    """Zero-shot CLIP baseline: no training, class prompts vs. the image (global, +dense)."""
 
     trainer_overrides: ClassVar[Mapping[str, Any]] = {"max_epochs": 1, "log_every_n_steps": 1}
 
@@ -26,6 +25,9 @@ class ZeroShotCLIP(MLRMethod):
         pretrained: str | None = "bundled",
         templates: Literal["single", "ensemble"] = "single",
         prompt: str = "a photo of a {}.",
+        dense: bool = False,
+        dense_weight: float = 0.5,
+        spatial_scale: float = 40.0,
     ) -> None:
         """
         Args:
@@ -36,37 +38,43 @@ class ZeroShotCLIP(MLRMethod):
                 weights shipped with mlr-bench) or None (seeded random init).
             templates: "single" uses ``prompt``; "ensemble" averages CLIP's 80 ImageNet templates.
             prompt: the single template, with ``{}`` standing for the class name.
+            dense: also score every location (DualCoOp/TaI-DPT-style local branch: class-wise
+                softmax over locations) and mix it with the global score.
+            dense_weight: weight of the local score when ``dense`` (global gets the rest).
+            spatial_scale: softmax scale over locations of the local score. The reference
+                ``ZeroshotCLIP_dense`` details are a reconstruction: TaI-DPT's test-time
+                local branch (scale 40) on CLIP's hand-written prompts.
         """
         super().__init__(class_names)
         self.save_hyperparameters()
         if "{}" not in prompt:
             raise ValueError(f"prompt must contain '{{}}' for the class name, got {prompt!r}")
         self.backbone = CLIPBackbone(backbone, pretrained)
-        self.templates = templates
-        self.prompt = prompt
         self._class_embeddings: Tensor | None = None
 
     def eval_transform(self) -> Callable[[Any], Tensor]:
         return self.backbone.preprocess
 
-    def prompts(self) -> list[Callable[[str], str]]:
-        if self.templates == "ensemble":
-            return list(OPENAI_IMAGENET_TEMPLATES)
-        return [self.prompt.format]
-
-    @torch.no_grad()
     def class_embeddings(self) -> Tensor:
         """``[C, D]`` normalised class embeddings, averaged over templates; computed once."""
         if self._class_embeddings is None or self._class_embeddings.device != self.device:
-            templates = self.prompts()
-            texts = [t(c) for c in self.class_names for t in templates]
-            emb = self.backbone.encode_text(texts).view(self.num_classes, len(templates), -1)
-            self._class_embeddings = torch.nn.functional.normalize(emb.mean(1), dim=-1)
+            hp = self.hparams
+            self._class_embeddings = hand_prompt_embeddings(
+                self.backbone, self.class_names, hp.templates, hp.prompt
+            )
         return self._class_embeddings
 
-    def score(self, batch: EvalBatch) -> Tensor:
-        image = self.backbone.encode_image(batch["image"])
-        return self.backbone.logit_scale * image @ self.class_embeddings().T
+    def score_features(self, batch: FeatureBatch) -> Tensor:
+        text = self.class_embeddings()
+        scale = self.backbone.logit_scale
+        scores = scale * batch["global"] @ text.T
+        if self.hparams.dense:
+            local = scale * spatial_softmax_pool(
+                batch["dense"] @ text.T, self.hparams.spatial_scale
+            )
+            w = self.hparams.dense_weight
+            scores = (1 - w) * scores + w * local
+        return scores
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
         """Nothing to learn: fit only runs validation."""

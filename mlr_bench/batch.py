@@ -23,6 +23,16 @@ class EvalBatch(TypedDict):
     index: Tensor  # [B] int64, position in the evaluation set
 
 
+#: Frozen image features of an evaluation batch, read from the cache (all L2-normalised):
+#: ``global`` [B, D] CLIP's pooled embedding, ``global_no_pos`` [B, D] the attention pool
+#: without positional embedding (TaI-DPT/CoMC), ``dense`` [B, HW, D] per-location embeddings,
+#: plus ``target`` and ``index`` as in :class:`EvalBatch`.
+FeatureBatch = TypedDict(
+    "FeatureBatch",
+    {"global": Tensor, "global_no_pos": Tensor, "dense": Tensor, "target": Tensor, "index": Tensor},
+)
+
+
 #: Training data kinds a method may require and a datamodule may provide.
 TEXT = "text"
 GENERATED_IMAGES = "generated_images"

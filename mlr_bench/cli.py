@@ -17,6 +17,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 
 from mlr_bench import registry
@@ -82,6 +83,26 @@ def rewrite_argv(argv: Sequence[str]) -> list[str]:
 # ---- Lightning pieces ---------------------------------------------------------------------
 class MLRTrainer(Trainer):
     """A Trainer with ``train``: the benchmark unit, fit followed by test."""
+
+    def fit(self, model: Any, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        """Fit; for a method with nothing to train under DDP, validate and checkpoint instead.
+
+        DDP refuses to wrap a module without trainable parameters, while such a method's fit
+        is only validation anyway (zero-shot CLIP): run exactly that, on every rank, and save
+        the usual ``last.ckpt`` (hyperparameters only) so ``train``/``test`` work as for others.
+        """
+        trainable = any(p.requires_grad for p in model.parameters())
+        if trainable or not isinstance(self.strategy, DDPStrategy):
+            return super().fit(model, *args, **kwargs)
+        datamodule = kwargs.get("datamodule") or (args[1] if len(args) > 1 else None)
+        self.validate(model, datamodule=datamodule)
+        callback = self.checkpoint_callback
+        if callback is not None:
+            folder = Path(callback.dirpath) if callback.dirpath else run_dir(self) / "checkpoints"
+            path = str(folder / f"{callback.CHECKPOINT_NAME_LAST}.ckpt")
+            self.save_checkpoint(path)
+            callback.last_model_path = path
+        return None
 
     def train(  # type: ignore[override]  # nn.Module-style train(mode) does not exist on Trainer
         self,
@@ -214,7 +235,7 @@ def _cli(args: list[str] | None, run: bool = True) -> MLRBenchCLI:
         trainer_class=MLRTrainer,
         parser_class=MLRArgumentParser,
         save_config_callback=RunDirSaveConfig,
-        trainer_defaults={"default_root_dir": "runs"},
+        trainer_defaults={"default_root_dir": "runs", "log_every_n_steps": 10},
         seed_everything_default=0,  # reproducible unless the user picks a seed
         parser_kwargs={
             **{c: {"default_config_files": config_files} for c in TRAINER_COMMANDS},

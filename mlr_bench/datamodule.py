@@ -14,7 +14,17 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from mlr_bench.batch import TEXT
 from mlr_bench.errors import MLRBenchError
+from mlr_bench.features import (
+    FeatureCache,
+    FeatureStore,
+    ImageFeatureDataset,
+    TextFeatureDataset,
+    image_features,
+    text_features,
+)
+from mlr_bench.text.corpus import TextCorpus, TextDataset, TextRequest, template_corpus
 from mlr_bench.transforms import clip_eval_transform
 
 Transform = Callable[[Any], torch.Tensor]
@@ -42,8 +52,19 @@ class MLRDataModule(LightningDataModule):
     """Base class of multi-label datasets.
 
     Subclasses provide ``class_names`` and :meth:`eval_dataset`; those with training data list
-    its kinds in ``provides`` and implement :meth:`train_dataset`.
+    its kinds in ``provides`` and implement :meth:`text_corpus` (for ``text``) or
+    :meth:`train_dataset` (other kinds).
+
+    Frozen features: when the method scores from features (``method.eval_inputs ==
+    "features"``) or trains on text features (``method.text_features``), rank 0 computes them
+    once in :meth:`prepare_data` into an on-disk cache keyed by backbone weights,
+    preprocessing and data identity; every rank then reads the cache instead of images/text.
     """
+
+    #: Names of init arguments that do not change the data (left out of cache keys).
+    NON_DATA_ARGS: ClassVar[frozenset[str]] = frozenset(
+        {"batch_size", "eval_batch_size", "num_workers", "image_size", "cache_dir"}
+    )
 
     #: Training data kinds this datamodule can build (see :mod:`mlr_bench.batch`).
     provides: ClassVar[frozenset[str]] = frozenset()
@@ -54,6 +75,7 @@ class MLRDataModule(LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         image_size: int | None = None,
+        cache_dir: str | None = None,
     ) -> None:
         """
         Args:
@@ -61,13 +83,17 @@ class MLRDataModule(LightningDataModule):
             eval_batch_size: validation/test batch size (defaults to ``batch_size``).
             num_workers: DataLoader worker processes.
             image_size: evaluation resolution; ``None`` follows the method's backbone.
+            cache_dir: root of the feature caches (default ``$MLR_BENCH_CACHE`` or
+                ``~/.cache/mlr-bench``).
         """
         super().__init__()
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.image_size = image_size
+        self.store = FeatureStore(cache_dir)
         self.transform: Transform | None = None
+        self._caches: dict[str, FeatureCache] = {}
 
     # ---- what subclasses provide ---------------------------------------------------------
     @property
@@ -83,14 +109,113 @@ class MLRDataModule(LightningDataModule):
         """Evaluation set for ``split`` ("val"/"test") yielding EvalSample dicts, or None."""
         raise NotImplementedError(f"{type(self).__name__} must implement eval_dataset(split)")
 
+    def text_corpus(self, source: str) -> TextCorpus:
+        """The training text of one source (``captions``, ``sentences``...) with labels."""
+        raise NotImplementedError(f"{type(self).__name__} provides no '{source}' text")
+
     def train_dataset(self, kind: str) -> Dataset:
-        """Training data of one kind listed in ``provides``."""
+        """Training data of one kind listed in ``provides`` (``text`` is built here)."""
+        if kind == TEXT:
+            if self._text_parts():
+                return TextFeatureDataset(self.text_cache())
+            return TextDataset(self.training_corpus())
         raise NotImplementedError(f"{type(self).__name__} provides no '{kind}' training data")
 
+    def identity(self, split: str) -> dict[str, Any]:
+        """What identifies the data of ``split`` in a feature cache key.
+
+        The default (class + data-defining init arguments) suits generated data; datasets
+        read from disk should add what identifies the files (paths, sizes, list hashes).
+        """
+        args = {k: v for k, v in dict(self.hparams).items() if k not in self.NON_DATA_ARGS}
+        return {"datamodule": type(self).__qualname__, "split": split, "args": args}
+
+    def training_corpus(self) -> TextCorpus:
+        """The method's requested text source plus its template augmentation."""
+        request = self._text_request()
+        corpus = self.text_corpus(request.source)
+        return corpus + template_corpus(self.class_names, request.template_copies)
+
+    # ---- frozen feature caches -------------------------------------------------------------
+    def _text_request(self) -> TextRequest:
+        method = self._method()
+        return method.text_request() if hasattr(method, "text_request") else TextRequest()
+
+    def _text_parts(self) -> frozenset[str]:
+        return frozenset(getattr(self._method(), "text_features", frozenset()))
+
+    def _uses_image_features(self) -> bool:
+        return getattr(self._method(), "eval_inputs", "images") == "features"
+
+    def _build_device(self) -> torch.device:
+        trainer = self.trainer
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def image_cache(self, split: str) -> FeatureCache:
+        """Frozen features of the ``split`` images under the method's backbone (built once)."""
+        if split not in self._caches:
+            transform = self.transform or self.resolve_transform()
+            self._caches[split] = image_features(
+                self.store,
+                self._method().backbone,
+                lambda: self.eval_dataset(split, transform),
+                transform,
+                self.identity(split),
+                batch_size=self.eval_batch_size,
+                num_workers=self.num_workers,
+                device=self._build_device(),
+                desc=f"image features ({split})",
+            )
+        return self._caches[split]
+
+    def text_cache(self) -> FeatureCache:
+        """Frozen features of the training corpus under the method's backbone (built once)."""
+        if "train_text" not in self._caches:
+            self._caches["train_text"] = text_features(
+                self.store,
+                self._method().backbone,
+                self.training_corpus(),
+                parts=self._text_parts(),
+                device=self._build_device(),
+            )
+        return self._caches["train_text"]
+
+    def prepare_data(self) -> None:
+        """Rank 0 (per node) builds the feature caches the coming stage needs; others wait."""
+        trainer = self.trainer
+        if trainer is None or self._method() is None:
+            return
+        stage = trainer.state.fn.value if trainer.state.fn is not None else "fit"
+        if stage == "fit" and TEXT in self.required_kinds() and self._text_parts():
+            self.text_cache()
+        if self._uses_image_features():
+            for split in {"fit": ("val",), "validate": ("val",)}.get(stage, ("test",)):
+                if self.has_split(split):
+                    self.image_cache(split)
+
+    def has_split(self, split: str) -> bool:
+        """Whether an evaluation split exists (override when building it is expensive)."""
+        return self.eval_dataset(split, lambda image: image) is not None
+
     # ---- shared machinery ----------------------------------------------------------------
+    def attach(self, method: Any) -> MLRDataModule:
+        """Use ``method`` (its preprocessing, backbone, text request) without a Trainer, e.g.
+        to build feature caches or loaders from a script; a Trainer's module takes precedence."""
+        self._attached = method
+        return self
+
     def _method(self) -> Any:
         trainer = self.trainer
-        return trainer.lightning_module if trainer is not None else None
+        if trainer is not None and trainer.lightning_module is not None:
+            return trainer.lightning_module
+        return getattr(self, "_attached", None)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Memory-mapped caches are reopened, not pickled, when DDP spawns workers."""
+        state = dict(self.__dict__)
+        state["_caches"] = {}
+        state.pop("_attached", None)
+        return state
 
     def resolve_transform(self) -> Transform:
         """Evaluation preprocessing: the backbone's unless ``image_size`` overrides it."""
@@ -128,6 +253,11 @@ class MLRDataModule(LightningDataModule):
         return self._loader(self.train_dataset(kinds[0]), self.batch_size, shuffle=True)
 
     def _eval_loader(self, split: str) -> DataLoader | list:
+        if self._uses_image_features():
+            if not self.has_split(split):
+                return []
+            dataset = ImageFeatureDataset(self.image_cache(split))
+            return self._loader(dataset, self.eval_batch_size, shuffle=False)
         dataset = self.eval_dataset(split, self.transform or self.resolve_transform())
         if dataset is None:
             return []

@@ -9,13 +9,14 @@ scored by exactly the same code.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from lightning.pytorch import Callback, LightningModule
 from torch import Tensor
 
-from mlr_bench.batch import EvalBatch
+from mlr_bench.batch import EvalBatch, FeatureBatch
+from mlr_bench.text.corpus import TextRequest
 
 
 class MLRMethod(LightningModule):
@@ -34,6 +35,12 @@ class MLRMethod(LightningModule):
     #: State-dict prefixes of frozen modules; they are left out of checkpoints, which then hold
     #: only what the method learned (small files, no copy of CLIP per run).
     frozen_prefixes: ClassVar[tuple[str, ...]] = ("backbone.",)
+    #: "images": evaluation batches carry images; "features": they carry the frozen image
+    #: features from the cache (see :class:`FeatureMethod`), and the encoder never reruns.
+    eval_inputs: ClassVar[Literal["images", "features"]] = "images"
+    #: Parts of the frozen text features (``eot``, ``tokens``) the method trains on; empty
+    #: means training batches carry raw ``text`` instead.
+    text_features: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, class_names: Sequence[str] | None = None) -> None:
         super().__init__()
@@ -54,6 +61,10 @@ class MLRMethod(LightningModule):
         """Image preprocessing the backbone expects; ``None`` lets the datamodule choose."""
         return None
 
+    def text_request(self) -> TextRequest:
+        """Which text source and template augmentation to train on (``requires`` has text)."""
+        return TextRequest()
+
     # ---- shared evaluation steps ---------------------------------------------------------
     def _scored(self, batch: EvalBatch) -> dict[str, Tensor]:
         if not self.class_names:
@@ -62,7 +73,7 @@ class MLRMethod(LightningModule):
                 "CLI/trainer with a datamodule (class names are linked from --data)."
             )
         scores = self.score(batch)
-        expected = (batch["image"].shape[0], self.num_classes)
+        expected = (batch["target"].shape[0], self.num_classes)
         if tuple(scores.shape) != expected:
             raise RuntimeError(
                 f"{type(self).__name__}.score returned shape {tuple(scores.shape)}, "
@@ -105,6 +116,18 @@ class MLRMethod(LightningModule):
             del state[key]
         return state
 
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, **kw: Any) -> Any:
+        """Load a checkpoint; frozen weights are absent by design, never reported missing."""
+        result = super().load_state_dict(state_dict, strict=False, **kw)
+        frozen = tuple(self.frozen_prefixes)
+        result.missing_keys[:] = [k for k in result.missing_keys if not k.startswith(frozen)]
+        if strict and (result.missing_keys or result.unexpected_keys):
+            raise RuntimeError(
+                f"{type(self).__name__}: checkpoint does not match; missing "
+                f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
+            )
+        return result
+
     def train(self, mode: bool = True) -> MLRMethod:
         """Keep frozen modules in eval mode (no dropout/BN updates) whatever Lightning asks."""
         super().train(mode)
@@ -112,6 +135,33 @@ class MLRMethod(LightningModule):
             if f"{name}." in self.frozen_prefixes:
                 module.eval()
         return self
+
+
+class FeatureMethod(MLRMethod):
+    """A method whose scores depend only on frozen image features (global + dense).
+
+    It evaluates from the datamodule's feature cache, so evaluating again (another epoch,
+    seed, or the test after fit) never reruns the image encoder. Given raw images (e.g.
+    ``predict`` on a new folder, or no cache) it encodes them with ``self.backbone`` first.
+    """
+
+    eval_inputs: ClassVar[Literal["images", "features"]] = "features"
+
+    def score(self, batch: EvalBatch | FeatureBatch) -> Tensor:
+        if "image" in batch:
+            feats = self.backbone.encode_image_dense(batch["image"], global_pool="clip")
+            batch = {
+                "global": feats.global_,
+                "global_no_pos": feats.global_other,
+                "dense": feats.dense,
+                "target": batch["target"],
+                "index": batch["index"],
+            }
+        return self.score_features(batch)
+
+    def score_features(self, batch: FeatureBatch) -> Tensor:
+        """Raw scores ``[B, C]`` from the frozen features of a batch."""
+        raise NotImplementedError(f"{type(self).__name__} must implement score_features(batch)")
 
 
 def freeze(module: torch.nn.Module) -> torch.nn.Module:

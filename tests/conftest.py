@@ -16,6 +16,14 @@ torch.set_num_threads(1)
 from mlr_bench.demo import write_demo_dataset  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def feature_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Feature caches of the whole session go to a temporary folder, never ~/.cache."""
+    path = str(tmp_path_factory.mktemp("feature-cache"))
+    os.environ["MLR_BENCH_CACHE"] = path
+    return path
+
+
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The demo dataset in the ``folder`` format (24 val, 41 test images, 5 classes)."""

@@ -106,6 +106,9 @@ class ImageFeatures:
     global_: Tensor  # [B, D]
     dense: Tensor  # [B, h*w, D]
     grid: tuple[int, int]
+    #: The other global pooling (ResNet only; equal to ``global_`` for a ViT): computing both
+    #: from one trunk pass lets one feature cache serve methods that pool either way.
+    global_other: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -187,7 +190,7 @@ class CLIPBackbone(nn.Module):
             pooled, tokens = self.clip.visual(images)
             dense = tokens @ self.clip.visual.proj
             side = round(dense.shape[1] ** 0.5)
-            return ImageFeatures(_unit(pooled), _unit(dense), (side, side))
+            return ImageFeatures(_unit(pooled), _unit(dense), (side, side), _unit(pooled))
         visual = self.clip.visual
         x = visual.stem(images.type(visual.conv1.weight.dtype))
         x = visual.layer4(visual.layer3(visual.layer2(visual.layer1(x))))
@@ -195,8 +198,9 @@ class CLIPBackbone(nn.Module):
         pool = visual.attnpool
         flat = x.flatten(2).transpose(1, 2)  # [B, HW, C]
         dense = pool.c_proj(pool.v_proj(flat))
-        global_ = pool(x) if global_pool == "clip" else _attention_pool_without_position(pool, flat)
-        return ImageFeatures(_unit(global_), _unit(dense), (int(h), int(w)))
+        with_pos, no_pos = pool(x), _attention_pool_without_position(pool, flat)
+        global_, other = (with_pos, no_pos) if global_pool == "clip" else (no_pos, with_pos)
+        return ImageFeatures(_unit(global_), _unit(dense), (int(h), int(w)), _unit(other))
 
     # ---- text --------------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> Tensor:

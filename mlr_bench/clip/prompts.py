@@ -114,3 +114,43 @@ class PromptEncoder(nn.Module):
         eot_index = self.token_ids.argmax(dim=-1)  # EOT keeps its position in every layout
         eot, tokens = self.backbone.encode_embedded_text(self.splice(ctx), eot_index)
         return (eot, tokens) if return_tokens else eot
+
+
+TemplateSet = Literal["single", "ensemble"]
+
+
+@torch.no_grad()
+def hand_prompt_embeddings(
+    backbone: CLIPBackbone,
+    class_names: Sequence[str],
+    templates: TemplateSet = "ensemble",
+    prompt: str = "a photo of a {}.",
+) -> Tensor:
+    """``[C, D]`` normalised class embeddings from hand-written prompts.
+
+    "single" encodes ``prompt``; "ensemble" averages CLIP's 80 ImageNet templates (the
+    zero-shot ensemble, also CoMC's mapping bank), then re-normalises.
+    """
+    from open_clip import OPENAI_IMAGENET_TEMPLATES
+
+    if "{}" not in prompt:
+        raise ValueError(f"prompt must contain '{{}}' for the class name, got {prompt!r}")
+    fill = list(OPENAI_IMAGENET_TEMPLATES) if templates == "ensemble" else [prompt.format]
+    names = [name.replace("_", " ") for name in class_names]
+    texts = [t(name) for name in names for t in fill]
+    emb = backbone.encode_text(texts).view(len(names), len(fill), -1)
+    return torch.nn.functional.normalize(emb.mean(1), dim=-1)
+
+
+def spatial_softmax_pool(similarity: Tensor, scale: float, mask: Tensor | None = None) -> Tensor:
+    """Class-wise attention over locations (or tokens): ``sum_l softmax_l(scale*s) * s``.
+
+    ``similarity`` is ``[B, L, C]`` (cosines); ``mask`` ``[B, L]`` marks valid positions
+    (padding tokens get no weight). Returns ``[B, C]``. TaI-DPT's local branch, on caption
+    tokens in training and on dense image features at test time.
+    """
+    logits = scale * similarity
+    if mask is not None:
+        logits = logits.masked_fill(~mask.unsqueeze(-1), float("-inf"))
+    weights = logits.softmax(dim=1)
+    return (weights * similarity).sum(dim=1)

@@ -1,0 +1,120 @@
+"""Frozen image features of an evaluation set: global (both poolings) and dense, cached once.
+
+Every method that scores from frozen features reads the same cache, so a second evaluation, a
+second seed or a second method never runs the image encoder again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from mlr_bench.clip import CLIPBackbone
+from mlr_bench.features.keys import backbone_key, transform_key
+from mlr_bench.features.store import ArraySpec, FeatureCache, FeatureStore
+
+#: Arrays of an image feature cache: CLIP's pooled embedding, the TaI-DPT pooling without
+#: positional embedding, per-location embeddings and the targets.
+IMAGE_ARRAYS = ("global", "global_no_pos", "dense", "target")
+
+
+def image_feature_key(
+    backbone: CLIPBackbone, transform: Any, data: dict[str, Any], dtype: str
+) -> dict[str, Any]:
+    return {
+        "kind": "image",
+        "backbone": backbone_key(backbone),
+        "preprocess": transform_key(transform),
+        "data": data,
+        "dtype": dtype,
+    }
+
+
+@torch.no_grad()
+def image_features(
+    store: FeatureStore,
+    backbone: CLIPBackbone,
+    dataset: Callable[[], Dataset],
+    transform: Any,
+    data: dict[str, Any],
+    batch_size: int = 64,
+    num_workers: int = 0,
+    dtype: str = "float16",
+    device: torch.device | str | None = None,
+    desc: str = "image features",
+) -> FeatureCache:
+    """The cached features of ``dataset()`` (``EvalSample`` items), built if missing.
+
+    ``dataset`` is a factory, called only when the cache must be built (loading or rendering
+    the images is work a warm cache skips). ``data`` identifies the images (dataset, split,
+    files, seed...); with the backbone weights, the preprocessing ``transform`` and ``dtype``
+    it forms the cache key.
+    """
+    key = image_feature_key(backbone, transform, data, dtype)
+    device = torch.device(device) if device is not None else backbone.device
+
+    built: list[Dataset] = []
+
+    def specs() -> dict[str, ArraySpec]:
+        built.append(dataset())
+        sample = built[0][0]
+        with _on(backbone, device):
+            feats = backbone.encode_image_dense(sample["image"][None].to(device))
+        n, (h, w), dim = len(built[0]), feats.grid, feats.dense.shape[-1]
+        return {
+            "global": ArraySpec((n, dim), dtype),
+            "global_no_pos": ArraySpec((n, dim), dtype),
+            "dense": ArraySpec((n, h * w, dim), dtype),
+            "target": ArraySpec((n, int(sample["target"].numel())), "int8"),
+        }
+
+    def fill(arrays: dict[str, np.ndarray]) -> None:
+        loader = DataLoader(built[0], batch_size=batch_size, num_workers=num_workers)
+        with _on(backbone, device):
+            for batch in tqdm(loader, desc=desc, unit="batch", mininterval=2):
+                images = batch["image"].to(device)
+                rows = batch["index"].numpy()
+                feats = backbone.encode_image_dense(images, global_pool="clip")
+                arrays["global"][rows] = feats.global_.cpu().numpy()
+                arrays["global_no_pos"][rows] = feats.global_other.cpu().numpy()
+                arrays["dense"][rows] = feats.dense.cpu().numpy()
+                arrays["target"][rows] = batch["target"].numpy()
+
+    return store.get_or_build(key, specs, fill)
+
+
+class _on:
+    """Temporarily move the backbone to ``device`` (feature building may run before setup)."""
+
+    def __init__(self, backbone: CLIPBackbone, device: torch.device) -> None:
+        self.backbone, self.device, self.previous = backbone, device, backbone.device
+
+    def __enter__(self) -> None:
+        self.backbone.to(self.device)
+
+    def __exit__(self, *exc: object) -> None:
+        self.backbone.to(self.previous)
+
+
+class ImageFeatureDataset(Dataset):
+    """Evaluation samples read from an image feature cache instead of image files."""
+
+    def __init__(self, cache: FeatureCache) -> None:
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return len(self.cache["target"])
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = {
+            name: torch.from_numpy(np.asarray(self.cache[name][i], dtype=np.float32))
+            for name in ("global", "global_no_pos", "dense")
+        }
+        item["target"] = torch.from_numpy(np.array(self.cache["target"][i]))
+        item["index"] = i
+        return item

@@ -1,0 +1,35 @@
+"""Learning-rate schedules of the reference code bases, as Lightning scheduler configs."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+
+def warmup_cosine_factor(
+    epoch: int, max_epochs: int, warmup_epochs: int, warmup_ratio: float
+) -> float:
+    """Dassl's ``cosine`` + ``constant`` warm-up, per epoch, as a factor of the base lr.
+
+    Epochs ``< warmup_epochs`` run at the constant ``warmup_ratio`` (1e-5 / lr in the
+    references); after that the lr is ``(1 + cos(pi * epoch / max_epochs)) / 2`` of the base,
+    the cosine counting epochs from the start of training, as Dassl's successor scheduler does.
+    """
+    if epoch < warmup_epochs:
+        return warmup_ratio
+    return 0.5 * (1.0 + math.cos(math.pi * min(epoch, max_epochs) / max_epochs))
+
+
+def warmup_cosine(
+    optimizer: Optimizer, max_epochs: int, warmup_epochs: int = 1, warmup_lr: float = 1e-5
+) -> dict[str, Any]:
+    """Per-epoch warm-up + cosine schedule for ``configure_optimizers``."""
+    base = optimizer.param_groups[0]["lr"]
+    ratio = warmup_lr / base if base else 1.0
+    scheduler = LambdaLR(
+        optimizer, lambda e: warmup_cosine_factor(e, max_epochs, warmup_epochs, ratio)
+    )
+    return {"scheduler": scheduler, "interval": "epoch"}

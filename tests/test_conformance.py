@@ -1,0 +1,28 @@
+"""Every built-in method passes the conformance checks plugins are held to."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlr_bench import registry, testing
+
+BUILT_IN = sorted(registry.entries(registry.GROUPS["method"]))
+
+
+def test_every_builtin_method_is_checked():
+    assert {"zeroshot", "taidpt", "comc"} <= set(BUILT_IN)
+
+
+@pytest.mark.parametrize("method", BUILT_IN)
+def test_method_conforms(method, tmp_path):
+    model, datamodule = testing.build_from_cli(method)
+    testing.check_training_step(model, datamodule, tmp_path / "step")
+    testing.check_scores(model, datamodule)
+    testing.check_checkpoint_roundtrip(model, datamodule, tmp_path / "ckpt")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", BUILT_IN)
+def test_method_works_under_two_process_ddp(method, tmp_path):
+    metrics = testing.check_ddp_matches_single_process(method, tmp_path)
+    assert 0 <= metrics["mAP"] <= 100
