@@ -74,6 +74,20 @@ class CoMC(FeatureMethod):
         """
         super().__init__(class_names)
         self.save_hyperparameters()
+        self.noise_std = noise_std
+        self.renormalize_noisy = renormalize_noisy
+        self.margin = margin
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.warmup_epochs = warmup_epochs
+        self.warmup_lr = warmup_lr
+        self.mapping_temperature = mapping_temperature
+        self.fusion_weight = fusion_weight
+        self.merge_rate = merge_rate
+        self.bank_templates = bank_templates
+        self.global_pool = global_pool
+        self.text_source = text_source
+        self.template_copies = template_copies
         self.backbone = CLIPBackbone(backbone, pretrained)
         self.classifier = nn.Linear(self.backbone.embed_dim, max(self.num_classes, 1), bias=False)
         self._bank: Tensor | None = None
@@ -82,44 +96,44 @@ class CoMC(FeatureMethod):
         return self.backbone.preprocess
 
     def text_request(self) -> TextRequest:
-        return TextRequest(self.hparams.text_source, self.hparams.template_copies)
+        return TextRequest(self.text_source, self.template_copies)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         text = batch["eot"]
-        noisy = text + self.hparams.noise_std * torch.randn_like(text)
-        if self.hparams.renormalize_noisy:
+        noisy = text + self.noise_std * torch.randn_like(text)
+        if self.renormalize_noisy:
             noisy = F.normalize(noisy, dim=-1)
-        loss = ranking_loss(self.classifier(noisy), batch["target"], self.hparams.margin)
+        loss = ranking_loss(self.classifier(noisy), batch["target"], self.margin)
         self.log("train/loss", loss, batch_size=len(text))
         return loss
 
     def bank(self) -> Tensor:
         """``[C, D]`` class text embeddings the image features are mapped onto; built once."""
         if self._bank is None or self._bank.device != self.device:
-            hp = self.hparams
-            self._bank = hand_prompt_embeddings(self.backbone, self.class_names, hp.bank_templates)
+            self._bank = hand_prompt_embeddings(
+                self.backbone, self.class_names, self.bank_templates
+            )
         return self._bank
 
     def cross_modal_map(self, features: Tensor) -> Tensor:
         """v' = (1 - w) v + w · normalise(Tᵀ softmax(τ T v)), for features ``[..., D]``."""
         bank = self.bank()
-        attention = (self.hparams.mapping_temperature * features @ bank.T).softmax(dim=-1)
+        attention = (self.mapping_temperature * features @ bank.T).softmax(dim=-1)
         mapped = F.normalize(attention @ bank, dim=-1)
-        w = self.hparams.fusion_weight
+        w = self.fusion_weight
         return (1 - w) * features + w * mapped
 
     def score_features(self, batch: FeatureBatch) -> Tensor:
-        pooled = batch["global_no_pos"] if self.hparams.global_pool == "no_pos" else batch["global"]
+        pooled = batch["global_no_pos"] if self.global_pool == "no_pos" else batch["global"]
         s_global = self.classifier(self.cross_modal_map(pooled))
         s_local = self.classifier(self.cross_modal_map(batch["dense"])).amax(dim=1)
-        r = self.hparams.merge_rate
+        r = self.merge_rate
         return (1 - r) * s_global + r * s_local
 
     def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
         optimizer = torch.optim.Adam(
-            self.classifier.parameters(), lr=hp.lr, weight_decay=hp.weight_decay
+            self.classifier.parameters(), lr=self.lr, weight_decay=self.weight_decay
         )
         epochs = self.trainer.max_epochs if self.trainer.max_epochs not in (None, -1) else 20
-        schedule = warmup_cosine(optimizer, epochs, hp.warmup_epochs, hp.warmup_lr)
+        schedule = warmup_cosine(optimizer, epochs, self.warmup_epochs, self.warmup_lr)
         return {"optimizer": optimizer, "lr_scheduler": schedule}

@@ -75,6 +75,21 @@ class TaIDPT(FeatureMethod):
         """
         super().__init__(class_names)
         self.save_hyperparameters()
+        self.n_ctx = n_ctx
+        self.ctx_init_std = ctx_init_std
+        self.logit_scale = logit_scale
+        self.text_spatial_scale = text_spatial_scale
+        self.image_spatial_scale = image_spatial_scale
+        self.merge_rate = merge_rate
+        self.global_pool = global_pool
+        self.margin = margin
+        self.lr = lr
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.warmup_epochs = warmup_epochs
+        self.warmup_lr = warmup_lr
+        self.text_source = text_source
+        self.template_copies = template_copies
         self.backbone = CLIPBackbone(backbone, pretrained)
         self.ctx_global = nn.Parameter(init_context(self.backbone, n_ctx, std=ctx_init_std))
         self.ctx_local = nn.Parameter(init_context(self.backbone, n_ctx, std=ctx_init_std))
@@ -87,7 +102,7 @@ class TaIDPT(FeatureMethod):
         return self.backbone.preprocess
 
     def text_request(self) -> TextRequest:
-        return TextRequest(self.hparams.text_source, self.hparams.template_copies)
+        return TextRequest(self.text_source, self.template_copies)
 
     def class_prompts(self) -> tuple[Tensor, Tensor]:
         """Normalised ``[C, D]`` global and local class prompt embeddings."""
@@ -100,16 +115,16 @@ class TaIDPT(FeatureMethod):
     ) -> tuple[Tensor, Tensor]:
         """Global and local logits of features ``[B, D]`` and ``[B, L, D]`` (tokens/locations)."""
         t_global, t_local = self._eval_prompts or self.class_prompts()
-        scale = self.hparams.logit_scale
+        scale = self.logit_scale
         s_global = scale * global_ @ t_global.T
         s_local = scale * spatial_softmax_pool(local @ t_local.T, spatial_scale, mask)
         return s_global, s_local
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         s_global, s_local = self.branch_scores(
-            batch["eot"], batch["tokens"], batch["mask"], self.hparams.text_spatial_scale
+            batch["eot"], batch["tokens"], batch["mask"], self.text_spatial_scale
         )
-        target, margin = batch["target"], self.hparams.margin
+        target, margin = batch["target"], self.margin
         loss_global = ranking_loss(s_global, target, margin)
         loss_local = ranking_loss(s_local, target, margin)
         loss = loss_global + loss_local
@@ -121,11 +136,11 @@ class TaIDPT(FeatureMethod):
         return loss
 
     def score_features(self, batch: FeatureBatch) -> Tensor:
-        pooled = batch["global_no_pos"] if self.hparams.global_pool == "no_pos" else batch["global"]
+        pooled = batch["global_no_pos"] if self.global_pool == "no_pos" else batch["global"]
         s_global, s_local = self.branch_scores(
-            pooled, batch["dense"], None, self.hparams.image_spatial_scale
+            pooled, batch["dense"], None, self.image_spatial_scale
         )
-        r = self.hparams.merge_rate
+        r = self.merge_rate
         return (1 - r) * s_global + r * s_local
 
     # The prompts do not change during evaluation: encode them once per evaluation epoch.
@@ -140,11 +155,10 @@ class TaIDPT(FeatureMethod):
     on_validation_epoch_end = on_test_epoch_end = on_predict_epoch_end = _release_prompts
 
     def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
         params = [self.ctx_global, self.ctx_local]
         optimizer = torch.optim.SGD(
-            params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay
+            params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
         )
         epochs = self.trainer.max_epochs if self.trainer.max_epochs not in (None, -1) else 20
-        schedule = warmup_cosine(optimizer, epochs, hp.warmup_epochs, hp.warmup_lr)
+        schedule = warmup_cosine(optimizer, epochs, self.warmup_epochs, self.warmup_lr)
         return {"optimizer": optimizer, "lr_scheduler": schedule}

@@ -47,6 +47,11 @@ class ZeroShotCLIP(FeatureMethod):
         """
         super().__init__(class_names)
         self.save_hyperparameters()
+        self.templates = templates
+        self.prompt = prompt
+        self.dense = dense
+        self.dense_weight = dense_weight
+        self.spatial_scale = spatial_scale
         if "{}" not in prompt:
             raise ValueError(f"prompt must contain '{{}}' for the class name, got {prompt!r}")
         self.backbone = CLIPBackbone(backbone, pretrained)
@@ -58,9 +63,8 @@ class ZeroShotCLIP(FeatureMethod):
     def class_embeddings(self) -> Tensor:
         """``[C, D]`` normalised class embeddings, averaged over templates; computed once."""
         if self._class_embeddings is None or self._class_embeddings.device != self.device:
-            hp = self.hparams
             self._class_embeddings = hand_prompt_embeddings(
-                self.backbone, self.class_names, hp.templates, hp.prompt
+                self.backbone, self.class_names, self.templates, self.prompt
             )
         return self._class_embeddings
 
@@ -68,11 +72,9 @@ class ZeroShotCLIP(FeatureMethod):
         text = self.class_embeddings()
         scale = self.backbone.logit_scale
         scores = scale * batch["global"] @ text.T
-        if self.hparams.dense:
-            local = scale * spatial_softmax_pool(
-                batch["dense"] @ text.T, self.hparams.spatial_scale
-            )
-            w = self.hparams.dense_weight
+        if self.dense:
+            local = scale * spatial_softmax_pool(batch["dense"] @ text.T, self.spatial_scale)
+            w = self.dense_weight
             scores = (1 - w) * scores + w * local
         return scores
 

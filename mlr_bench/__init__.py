@@ -1,7 +1,7 @@
 """mlr-bench: text-only multi-label image recognition with CLIP, as interchangeable methods."""
 
 from mlr_bench.datamodule import MLRDataModule
-from mlr_bench.method import MLRMethod
+from mlr_bench.method import FeatureMethod, MLRMethod
 
 __version__ = "0.1.0"
-__all__ = ["MLRDataModule", "MLRMethod", "__version__"]
+__all__ = ["FeatureMethod", "MLRDataModule", "MLRMethod", "__version__"]
