@@ -11,7 +11,7 @@ score 0.5 · global + 0.5 · max over locations.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -92,9 +92,6 @@ class CoMC(FeatureMethod):
         self.classifier = nn.Linear(self.backbone.embed_dim, max(self.num_classes, 1), bias=False)
         self._bank: Tensor | None = None
 
-    def eval_transform(self) -> Callable[[Any], Tensor]:
-        return self.backbone.preprocess
-
     def text_request(self) -> TextRequest:
         return TextRequest(self.text_source, self.template_copies)
 
@@ -134,6 +131,7 @@ class CoMC(FeatureMethod):
         optimizer = torch.optim.Adam(
             self.classifier.parameters(), lr=self.lr, weight_decay=self.weight_decay
         )
-        epochs = self.trainer.max_epochs if self.trainer.max_epochs not in (None, -1) else 20
-        schedule = warmup_cosine(optimizer, epochs, self.warmup_epochs, self.warmup_lr)
+        schedule = warmup_cosine(
+            optimizer, self.trainer.max_epochs, self.warmup_epochs, self.warmup_lr
+        )
         return {"optimizer": optimizer, "lr_scheduler": schedule}

@@ -12,7 +12,7 @@ positional embedding.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -98,9 +98,6 @@ class TaIDPT(FeatureMethod):
         )
         self._eval_prompts: tuple[Tensor, Tensor] | None = None
 
-    def eval_transform(self) -> Callable[[Any], Tensor]:
-        return self.backbone.preprocess
-
     def text_request(self) -> TextRequest:
         return TextRequest(self.text_source, self.template_copies)
 
@@ -159,6 +156,7 @@ class TaIDPT(FeatureMethod):
         optimizer = torch.optim.SGD(
             params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
         )
-        epochs = self.trainer.max_epochs if self.trainer.max_epochs not in (None, -1) else 20
-        schedule = warmup_cosine(optimizer, epochs, self.warmup_epochs, self.warmup_lr)
+        schedule = warmup_cosine(
+            optimizer, self.trainer.max_epochs, self.warmup_epochs, self.warmup_lr
+        )
         return {"optimizer": optimizer, "lr_scheduler": schedule}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 from torch import Tensor
@@ -56,9 +56,6 @@ class ZeroShotCLIP(FeatureMethod):
             raise ValueError(f"prompt must contain '{{}}' for the class name, got {prompt!r}")
         self.backbone = CLIPBackbone(backbone, pretrained)
         self._class_embeddings: Tensor | None = None
-
-    def eval_transform(self) -> Callable[[Any], Tensor]:
-        return self.backbone.preprocess
 
     def class_embeddings(self) -> Tensor:
         """``[C, D]`` normalised class embeddings, averaged over templates; computed once."""

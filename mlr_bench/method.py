@@ -147,6 +147,10 @@ class FeatureMethod(MLRMethod):
 
     eval_inputs: ClassVar[Literal["images", "features"]] = "features"
 
+    def eval_transform(self) -> Callable[[Any], Tensor]:
+        """The backbone's own preprocessing (part of the feature cache key)."""
+        return self.backbone.preprocess
+
     def score(self, batch: EvalBatch | FeatureBatch) -> Tensor:
         if "image" in batch:
             feats = self.backbone.encode_image_dense(batch["image"], global_pool="clip")

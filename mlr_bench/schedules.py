@@ -24,9 +24,14 @@ def warmup_cosine_factor(
 
 
 def warmup_cosine(
-    optimizer: Optimizer, max_epochs: int, warmup_epochs: int = 1, warmup_lr: float = 1e-5
+    optimizer: Optimizer, max_epochs: int | None, warmup_epochs: int = 1, warmup_lr: float = 1e-5
 ) -> dict[str, Any]:
-    """Per-epoch warm-up + cosine schedule for ``configure_optimizers``."""
+    """Per-epoch warm-up + cosine schedule for ``configure_optimizers``.
+
+    ``max_epochs`` is the trainer's (the cosine spans the whole run); None or -1 (unbounded
+    training) falls back to the references' 20 epochs.
+    """
+    max_epochs = max_epochs if max_epochs not in (None, -1) else 20
     base = optimizer.param_groups[0]["lr"]
     ratio = warmup_lr / base if base else 1.0
     scheduler = LambdaLR(
