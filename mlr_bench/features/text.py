@@ -59,10 +59,11 @@ def text_features(
         "dtype": dtype,
     }
     device = torch.device(device) if device is not None else backbone.device
-    token_ids = backbone.tokenizer(corpus.texts)  # [N, context]
-    lengths = token_ids.argmax(dim=-1) + 1
+    tokenized: list[torch.Tensor] = []  # tokenising is work a warm cache skips
 
     def specs() -> dict[str, ArraySpec]:
+        tokenized.append(backbone.tokenizer(corpus.texts))  # [N, context]
+        lengths = tokenized[0].argmax(dim=-1) + 1
         n, dim, longest = len(corpus), backbone.embed_dim, int(lengths.max())
         out = {"length": ArraySpec((n,), "int16"), "target": ArraySpec(corpus.labels.shape, "int8")}
         if "eot" in parts:
@@ -72,7 +73,8 @@ def text_features(
         return out
 
     def fill(arrays: dict[str, np.ndarray]) -> None:
-        arrays["length"][:] = lengths.numpy()
+        token_ids = tokenized[0]
+        arrays["length"][:] = (token_ids.argmax(dim=-1) + 1).numpy()
         arrays["target"][:] = corpus.labels
         previous = backbone.device
         backbone.to(device)
