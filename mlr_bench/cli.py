@@ -277,6 +277,35 @@ def print_registry(out: Any = sys.stdout) -> int:
     return 0
 
 
+def _prepare(argv: list[str]) -> int:
+    """``mlr-bench prepare <dataset> --root DIR``: download, verify, extract, validate."""
+    from mlr_bench.prepare import prepare_main
+
+    return prepare_main(argv)
+
+
+def _captions(argv: list[str]) -> int:
+    """``mlr-bench captions --data NAME --llm DIR ...``: LLM sentences for text-only training."""
+    from mlr_bench.text.generate import captions_main
+
+    return captions_main(argv, class_names_for=class_names_for)
+
+
+def class_names_for(data: str) -> list[str]:
+    """Class names of a dataset by short name, without needing its files on disk."""
+    from mlr_bench.text.synonyms import SYNONYM_TABLES
+    from mlr_bench.world import CLASS_NAMES
+
+    tables = {"world": list(CLASS_NAMES), **{k: list(v) for k, v in SYNONYM_TABLES.items()}}
+    if data not in tables:
+        raise registry.UnknownNameError(registry.unknown_name_message("data", data, sorted(tables)))
+    return tables[data]
+
+
+#: Commands outside LightningCLI: name -> function(argv) returning an exit code.
+EXTRA_COMMANDS = {"prepare": _prepare, "captions": _captions}
+
+
 def _report_plugin_failures() -> None:
     for group in registry.GROUPS.values():
         for failure in registry.load_group(group)[1]:
@@ -299,6 +328,11 @@ def run_cli(argv: Sequence[str] | None = None) -> MLRBenchCLI | None:
         print_registry()
         return None
     try:
+        if args[:1] and args[0] in EXTRA_COMMANDS:
+            code = EXTRA_COMMANDS[args[0]](args[1:])
+            if code:
+                raise SystemExit(code)
+            return None
         rewritten = rewrite_argv(args)
         check_yaml_files(rewritten)
         _report_plugin_failures()

@@ -1,0 +1,257 @@
+"""Shared machinery of the official benchmark loaders (VOC2007, COCO 2014, NUS-WIDE).
+
+Each loader only parses its own list/label files into a :class:`Split` (image paths plus a
+{1, 0, -1} target matrix); this module turns splits into evaluation datasets, carves the
+validation split, identifies the data for feature caches and handles unreadable images.
+
+Validation: by default a deterministic subset of the *training* side of the dataset, so no
+test image steers checkpoint selection. ``legacy_val=True`` reproduces the reference code,
+which selects checkpoints on (a subset of) the test images and is therefore optimistic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from PIL import Image
+from torch.utils.data import Dataset
+
+from mlr_bench.batch import EvalSample
+from mlr_bench.datamodule import MLRDataModule, Transform
+from mlr_bench.datamodules.folder import DatasetFormatError
+
+__all__ = ["DatasetFormatError", "OfficialDataModule", "OfficialImages", "Split", "read_lines"]
+
+BadImagePolicy = Literal["error", "skip"]
+
+#: Individually reported unreadable images before only every 100th is reported.
+_REPORT_FIRST = 10
+
+
+@dataclass(frozen=True)
+class Split:
+    """Parsed image list: ``targets[i]`` (int8 in {1, 0, -1}) labels ``paths[i]``.
+
+    ``digest`` hashes the contents of every list/label file read, so that a cache key changes
+    when any of them changes (images are not hashed: too slow for 100k files).
+    """
+
+    paths: list[Path]
+    targets: torch.Tensor
+    digest: str
+
+    def __post_init__(self) -> None:
+        if self.targets.dtype != torch.int8 or len(self.targets) != len(self.paths):
+            raise ValueError("targets must be int8 with one row per path")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, indices: Sequence[int]) -> Split:
+        """The rows ``indices`` in that order (the digest is kept: same source files)."""
+        index = torch.as_tensor(list(indices), dtype=torch.long)
+        return Split([self.paths[i] for i in indices], self.targets[index].clone(), self.digest)
+
+
+class Digest:
+    """Running SHA-256 over the files a split was read from."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+
+    def read(self, path: Path, expected: str) -> bytes:
+        """Bytes of ``path``, hashed; a missing file says what it should contain."""
+        if not path.is_file():
+            raise DatasetFormatError(f"{path}: missing; expected {expected}")
+        data = path.read_bytes()
+        self._hash.update(f"{path.name}:{len(data)};".encode())
+        self._hash.update(data)
+        return data
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()[:20]
+
+
+def read_lines(path: Path, expected: str, digest: Digest) -> list[tuple[int, str]]:
+    """Non-blank lines of a text file as ``(line number, stripped text)``; handles CRLF."""
+    try:
+        text = digest.read(path, expected).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DatasetFormatError(f"{path}: not UTF-8 text ({exc}); expected {expected}") from exc
+    lines = enumerate(text.splitlines(), 1)
+    return [(lineno, line.strip()) for lineno, line in lines if line.strip()]
+
+
+def val_subset(n: int, num_val: int, seed: int) -> list[int]:
+    """A seeded, sorted (disk-friendly) choice of ``min(num_val, n)`` of ``n`` positions."""
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(n, size=min(num_val, n), replace=False).tolist())
+
+
+class OfficialImages(Dataset):
+    """Evaluation images with {1, 0, -1} targets and their position as ``index``.
+
+    Unreadable images raise :class:`DatasetFormatError` naming the path, or with
+    ``on_bad_image="skip"`` are replaced by a black 224×224 image (so the sample keeps its
+    place and index in a map-style dataset) and counted in ``num_bad``: a warning reports the
+    first few and then every 100th. Counts are per process (each loader worker has its own).
+    """
+
+    def __init__(
+        self, split: Split, transform: Transform, on_bad_image: BadImagePolicy = "error"
+    ) -> None:
+        self.split = split
+        self.transform = transform
+        self.on_bad_image = on_bad_image
+        self.num_bad = 0
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> EvalSample:
+        image = self.transform(self._load(self.split.paths[i]))
+        return {"image": image, "target": self.split.targets[i], "index": i}
+
+    def _load(self, path: Path) -> Image.Image:
+        try:
+            with Image.open(path) as im:
+                return im.convert("RGB")
+        except (OSError, ValueError) as exc:
+            if self.on_bad_image == "error":
+                raise DatasetFormatError(
+                    f"{path}: cannot read image ({exc}); pass on_bad_image='skip' to score a "
+                    "black image in its place"
+                ) from exc
+            self._report_bad(path, exc)
+            return Image.new("RGB", (224, 224))
+
+    def _report_bad(self, path: Path, exc: Exception) -> None:
+        self.num_bad += 1
+        if self.num_bad <= _REPORT_FIRST or self.num_bad % 100 == 0:
+            warnings.warn(
+                f"{path}: cannot read image ({exc}); using a black image instead "
+                f"({self.num_bad} unreadable so far in this process)",
+                stacklevel=3,
+            )
+
+
+class OfficialDataModule(MLRDataModule):
+    """Common arguments and split handling of the official loaders.
+
+    Subclasses define ``class_names`` and the readers :meth:`_read_test`, :meth:`_read_train`
+    (training-side list, source of the default validation split), :meth:`_train_files`
+    (what that needs on disk) and :meth:`_legacy_val` (the reference code's val from test).
+    Lists are parsed on first use and cached, so constructing the object reads nothing.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        legacy_val: bool = False,
+        num_val: int = 2000,
+        seed: int = 0,
+        on_bad_image: BadImagePolicy = "error",
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        image_size: int | None = None,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__(batch_size, eval_batch_size, num_workers, image_size, cache_dir)
+        if on_bad_image not in ("error", "skip"):
+            raise ValueError(f"on_bad_image must be 'error' or 'skip', not {on_bad_image!r}")
+        if num_val < 1:
+            raise ValueError(f"num_val must be at least 1, not {num_val}")
+        self.root = Path(root).expanduser()
+        self.legacy_val = legacy_val
+        self.num_val = num_val
+        self.seed = seed
+        self.on_bad_image = on_bad_image
+        self._splits: dict[str, Split] = {}
+        self._raw: Split | None = None
+        self._val_warned = False
+
+    # ---- what subclasses provide -----------------------------------------------------------
+    def _read_test(self) -> Split:
+        raise NotImplementedError
+
+    def _read_train(self) -> Split:
+        raise NotImplementedError
+
+    def _train_files(self) -> list[Path]:
+        """Files/folders the training-side split needs (checked before reading)."""
+        raise NotImplementedError
+
+    def _legacy_val(self, test: Split) -> Split:
+        raise NotImplementedError
+
+    def _finish(self, name: str, split: Split) -> Split:
+        """Hook run on a freshly built split (NUS drops missing images here)."""
+        return split
+
+    # ---- splits ----------------------------------------------------------------------------
+    def split(self, name: str) -> Split | None:
+        """The parsed ``test`` or ``val`` split (cached), or None when it does not exist."""
+        if name not in ("test", "val") or not self.has_split(name):
+            return None
+        if name not in self._splits:
+            self._splits[name] = self._finish(name, self._build(name))
+        return self._splits[name]
+
+    def _build(self, name: str) -> Split:
+        if name == "test":
+            return self._raw_test()
+        if self.legacy_val:
+            return self._legacy_val(self._raw_test())
+        train = self._read_train()
+        return train.subset(val_subset(len(train), self.num_val, self.seed))
+
+    def _raw_test(self) -> Split:
+        """The test list as read (cached): legacy val is carved from it, as in the reference."""
+        if self._raw is None:
+            self._raw = self._read_test()
+        return self._raw
+
+    def has_split(self, split: str) -> bool:
+        """Test always exists; the default val needs the training-side files (warns once)."""
+        if split == "test" or (split == "val" and self.legacy_val):
+            return True
+        if split != "val":
+            return False
+        missing = [p for p in self._train_files() if not p.exists()]
+        if missing and not self._val_warned:
+            self._val_warned = True
+            rank_zero_warn(
+                f"{type(self).__name__}: no validation split: {missing[0]} is missing (the "
+                "default val split is carved from the training side). Validation is skipped; "
+                "legacy_val=True validates on test images like the reference code "
+                "(optimistic)."
+            )
+        return not missing
+
+    def eval_dataset(self, split: str, transform: Transform) -> OfficialImages | None:
+        data = self.split(split)
+        return None if data is None else OfficialImages(data, transform, self.on_bad_image)
+
+    def identity(self, split: str) -> dict[str, Any]:
+        """Dataset, resolved root, split settings, list-file hash and image count."""
+        data = self.split(split)
+        return {
+            "datamodule": type(self).__qualname__,
+            "root": str(self.root.resolve()),
+            "split": split,
+            "legacy_val": self.legacy_val,
+            "seed": self.seed,
+            "num_val": self.num_val,
+            "on_bad_image": self.on_bad_image,
+            "files": data.digest if data is not None else None,
+            "num_images": len(data) if data is not None else 0,
+        }
