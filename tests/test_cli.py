@@ -158,3 +158,11 @@ def test_predict_writes_scores_per_image(zeroshot_args, tmp_path, monkeypatch):
     assert lines[0] == "index,circle,square,triangle,cross,bar"
     assert len(lines) == 1 + 41
     assert [int(line.split(",")[0]) for line in lines[1:]] == list(range(41))
+
+
+def test_prepare_is_a_cli_command(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        run_cli(["prepare", "nuswide", "--root", str(tmp_path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Concepts81.txt" in err and "incomplete" in err
