@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -24,9 +24,12 @@ from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 from torch.utils.data import Dataset
 
-from mlr_bench.batch import EvalSample
+from mlr_bench.batch import TEXT, EvalSample
 from mlr_bench.datamodule import MLRDataModule, Transform
 from mlr_bench.datamodules.folder import DatasetFormatError
+from mlr_bench.text.corpus import CAPTIONS, SENTENCES, TextCorpus
+from mlr_bench.text.corpus_cache import load_corpus
+from mlr_bench.text.synonyms import synonym_table
 
 __all__ = ["DatasetFormatError", "OfficialDataModule", "OfficialImages", "Split", "read_lines"]
 
@@ -164,8 +167,17 @@ class OfficialDataModule(MLRDataModule):
         num_workers: int = 0,
         image_size: int | None = None,
         cache_dir: str | None = None,
+        *,
+        captions_file: str | None = None,
+        sentences_file: str | None = None,
+        text_on_error: Literal["error", "skip"] = "error",
+        reference_synonyms: bool = False,
     ) -> None:
         super().__init__(batch_size, eval_batch_size, num_workers, image_size, cache_dir)
+        self.captions_file = captions_file
+        self.sentences_file = sentences_file
+        self.text_on_error = text_on_error
+        self.reference_synonyms = reference_synonyms
         if on_bad_image not in ("error", "skip"):
             raise ValueError(f"on_bad_image must be 'error' or 'skip', not {on_bad_image!r}")
         if num_val < 1:
@@ -178,6 +190,64 @@ class OfficialDataModule(MLRDataModule):
         self._splits: dict[str, Split] = {}
         self._raw: Split | None = None
         self._val_warned = False
+
+    #: Training text these datasets can build (from the files given as init arguments).
+    provides = frozenset({TEXT})
+    #: Name of the synonym table (mlr_bench.text.synonyms) used to label text.
+    DATASET: ClassVar[str] = ""
+    #: How ``captions_file`` is read: COCO captions json (TaI-DPT, one caption per image for
+    #: VOC/COCO) or Localized Narratives jsonl (NUS-WIDE, capped per rarest class).
+    CAPTION_KIND: ClassVar[str] = "coco_captions"
+    CAPTION_OPTIONS: ClassVar[dict[str, Any]] = {"one_per_image": True}
+
+    @property
+    def synonyms(self) -> dict[str, list[str]]:
+        """This project's synonym table (``reference_synonyms`` adds the reference quirks)."""
+        _, table = synonym_table(self.DATASET, reference_quirks=self.reference_synonyms)
+        return {c: list(table.get(c, [c])) for c in self.class_names}
+
+    def text_corpus(self, source: str) -> TextCorpus:
+        """Captions (``captions_file``) or LLM sentences (``sentences_file``), labelled.
+
+        Sentences in ``.txt`` files (one per line, PVP style) are labelled by the labeler;
+        ``.json``/``.jsonl`` files of ``{"labels", "description"}`` (CoMC style) keep their
+        requested labels. Parsed corpora are cached on disk next to the feature caches.
+        """
+        if source == CAPTIONS:
+            path, kind, options = self.captions_file, self.CAPTION_KIND, dict(self.CAPTION_OPTIONS)
+            arg = "captions_file"
+        elif source == SENTENCES:
+            path, arg, options = self.sentences_file, "sentences_file", {}
+            txt = str(path or "").endswith(".txt")
+            kind = "text_lines" if txt else "llm_descriptions"
+        else:
+            raise ValueError(
+                f"unknown text source {source!r}; expected {CAPTIONS!r} or {SENTENCES!r}"
+            )
+        if not path:
+            raise DatasetFormatError(
+                f"{type(self).__name__}: training on {source} needs --data.{arg} "
+                f"(e.g. COCO captions_train2017.json, Localized Narratives jsonl, or a "
+                f"`mlr-bench captions` output)"
+            )
+        if not Path(path).expanduser().is_file():
+            raise DatasetFormatError(f"{path}: missing; expected the {source} file ({arg})")
+        if kind != "text_lines":
+            options["on_error"] = self.text_on_error
+        loaded = load_corpus(
+            kind,
+            Path(path).expanduser(),
+            self.class_names,
+            self.synonyms,
+            cache_root=self.store.root,
+            **options,
+        )
+        if loaded.dropped or loaded.skipped:
+            rank_zero_warn(
+                f"{path}: {loaded.dropped} texts without any class dropped, "
+                f"{loaded.skipped} malformed entries skipped; {len(loaded.corpus)} kept"
+            )
+        return loaded.corpus
 
     # ---- what subclasses provide -----------------------------------------------------------
     def _read_test(self) -> Split:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -119,6 +119,8 @@ class COCO2014(OfficialDataModule):
     that selects checkpoints on test images and is therefore optimistic.
     """
 
+    DATASET = "coco2014"
+
     def __init__(
         self,
         root: str,
@@ -131,6 +133,10 @@ class COCO2014(OfficialDataModule):
         num_workers: int = 0,
         image_size: int | None = None,
         cache_dir: str | None = None,
+        captions_file: str | None = None,
+        sentences_file: str | None = None,
+        text_on_error: Literal["error", "skip"] = "error",
+        reference_synonyms: bool = False,
     ) -> None:
         """
         Args:
@@ -140,6 +146,14 @@ class COCO2014(OfficialDataModule):
             seed: seed of that draw.
             on_bad_image: "error" stops at an unreadable image; "skip" scores a black image
                 in its place and warns.
+            captions_file: caption corpus for text-only training (COCO
+                ``captions_train2017.json`` for VOC/COCO, Localized Narratives jsonl for
+                NUS-WIDE), labelled with this dataset's synonym table.
+            sentences_file: LLM sentences (``mlr-bench captions`` jsonl/json, or ``.txt``
+                lines).
+            text_on_error: a malformed corpus line stops ("error") or is skipped and counted.
+            reference_synonyms: add the reference synonym quirks (VOC chair ← bench, NUS
+                road ← way) to reproduce TaI-DPT's labels exactly.
         """
         super().__init__(
             root,
@@ -152,6 +166,10 @@ class COCO2014(OfficialDataModule):
             num_workers,
             image_size,
             cache_dir,
+            captions_file=captions_file,
+            sentences_file=sentences_file,
+            text_on_error=text_on_error,
+            reference_synonyms=reference_synonyms,
         )
         self.save_hyperparameters()
         self._names: list[str] | None = None

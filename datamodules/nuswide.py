@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -111,6 +111,11 @@ class NUSWIDE(OfficialDataModule):
     that selects checkpoints on test images and is therefore optimistic.
     """
 
+    DATASET = "nuswide"
+    CAPTION_KIND = "localized_narratives"
+    #: TaI-DPT: narratives truncated to 77 words, at most 1,000 per (rarest) class.
+    CAPTION_OPTIONS: ClassVar[dict[str, Any]] = {"max_words": 77, "cap": 1000}
+
     def __init__(
         self,
         root: str,
@@ -124,6 +129,10 @@ class NUSWIDE(OfficialDataModule):
         num_workers: int = 0,
         image_size: int | None = None,
         cache_dir: str | None = None,
+        captions_file: str | None = None,
+        sentences_file: str | None = None,
+        text_on_error: Literal["error", "skip"] = "error",
+        reference_synonyms: bool = False,
     ) -> None:
         """
         Args:
@@ -134,6 +143,13 @@ class NUSWIDE(OfficialDataModule):
             missing: listed images absent under Flickr/: "error" or "skip" (dropped, warned).
             on_bad_image: "error" stops at an unreadable image; "skip" scores a black image
                 in its place and warns.
+            captions_file: OpenImages Localized Narratives jsonl for text-only training
+                (TaI-DPT: at most 1,000 narratives per rarest class, 77 words each).
+            sentences_file: LLM sentences (``mlr-bench captions`` jsonl/json, or ``.txt``
+                lines).
+            text_on_error: a malformed corpus line stops ("error") or is skipped and counted.
+            reference_synonyms: add the reference synonym quirks (road ← way) to reproduce
+                TaI-DPT's labels exactly.
         """
         super().__init__(
             root,
@@ -146,6 +162,10 @@ class NUSWIDE(OfficialDataModule):
             num_workers,
             image_size,
             cache_dir,
+            captions_file=captions_file,
+            sentences_file=sentences_file,
+            text_on_error=text_on_error,
+            reference_synonyms=reference_synonyms,
         )
         if missing not in ("error", "skip"):
             raise ValueError(f"missing must be 'error' or 'skip', not {missing!r}")

@@ -14,6 +14,7 @@ Targets keep VOC's three values: 1 positive, 0 difficult, -1 negative.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -52,13 +53,6 @@ CLASS_NAMES = [
 ]
 
 #: Readable spellings of the glued VOC names (the full synonym lists come later).
-EXTRA_SYNONYMS = {
-    "aeroplane": ["airplane", "plane"],
-    "diningtable": ["dining table", "table"],
-    "motorbike": ["motor bike", "motorcycle"],
-    "pottedplant": ["potted plant"],
-    "tvmonitor": ["tv monitor", "tv", "monitor"],
-}
 
 _LABELS = {"1": 1, "0": 0, "-1": -1}
 _ID_FORMAT = "one image id per line (e.g. '000001')"
@@ -149,6 +143,8 @@ class VOC2007(OfficialDataModule):
     checkpoints on test images and is therefore optimistic.
     """
 
+    DATASET = "voc2007"
+
     def __init__(
         self,
         root: str,
@@ -161,6 +157,10 @@ class VOC2007(OfficialDataModule):
         num_workers: int = 0,
         image_size: int | None = None,
         cache_dir: str | None = None,
+        captions_file: str | None = None,
+        sentences_file: str | None = None,
+        text_on_error: Literal["error", "skip"] = "error",
+        reference_synonyms: bool = False,
     ) -> None:
         """
         Args:
@@ -170,6 +170,14 @@ class VOC2007(OfficialDataModule):
             seed: seed of that draw.
             on_bad_image: "error" stops at an unreadable image; "skip" scores a black image
                 in its place and warns.
+            captions_file: caption corpus for text-only training (COCO
+                ``captions_train2017.json`` for VOC/COCO, Localized Narratives jsonl for
+                NUS-WIDE), labelled with this dataset's synonym table.
+            sentences_file: LLM sentences (``mlr-bench captions`` jsonl/json, or ``.txt``
+                lines).
+            text_on_error: a malformed corpus line stops ("error") or is skipped and counted.
+            reference_synonyms: add the reference synonym quirks (VOC chair ← bench, NUS
+                road ← way) to reproduce TaI-DPT's labels exactly.
         """
         super().__init__(
             root,
@@ -182,16 +190,16 @@ class VOC2007(OfficialDataModule):
             num_workers,
             image_size,
             cache_dir,
+            captions_file=captions_file,
+            sentences_file=sentences_file,
+            text_on_error=text_on_error,
+            reference_synonyms=reference_synonyms,
         )
         self.save_hyperparameters()
 
     @property
     def class_names(self) -> list[str]:
         return list(CLASS_NAMES)
-
-    @property
-    def synonyms(self) -> dict[str, list[str]]:
-        return {c: [c, *EXTRA_SYNONYMS.get(c, [])] for c in CLASS_NAMES}
 
     @property
     def voc_dir(self) -> Path:
