@@ -158,21 +158,39 @@ class OfficialDataModule(MLRDataModule):
     def __init__(
         self,
         root: str,
+        *,
         legacy_val: bool = False,
         num_val: int = 2000,
         seed: int = 0,
         on_bad_image: BadImagePolicy = "error",
+        captions_file: str | None = None,
+        sentences_file: str | None = None,
+        text_on_error: Literal["error", "skip"] = "error",
+        reference_synonyms: bool = False,
         batch_size: int = 64,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         image_size: int | None = None,
         cache_dir: str | None = None,
-        *,
-        captions_file: str | None = None,
-        sentences_file: str | None = None,
-        text_on_error: Literal["error", "skip"] = "error",
-        reference_synonyms: bool = False,
     ) -> None:
+        """
+        Args:
+            root: the dataset folder (see the subclass).
+            legacy_val: validate on the test subset the reference code uses (optimistic: it
+                selects checkpoints on test images).
+            num_val: validation images drawn from the training side (when not legacy).
+            seed: seed of that draw.
+            on_bad_image: "error" stops at an unreadable image; "skip" scores a black image
+                in its place and warns.
+            captions_file: caption corpus for text-only training (COCO
+                ``captions_train2017.json`` for VOC/COCO, Localized Narratives jsonl for
+                NUS-WIDE), labelled with this dataset's synonym table.
+            sentences_file: LLM sentences (``mlr-bench captions`` jsonl/json, or ``.txt``
+                lines).
+            text_on_error: a malformed corpus line stops ("error") or is skipped and counted.
+            reference_synonyms: add the reference synonym quirks (VOC chair ← bench, NUS
+                road ← way) to reproduce TaI-DPT's labels exactly.
+        """
         super().__init__(batch_size, eval_batch_size, num_workers, image_size, cache_dir)
         self.captions_file = captions_file
         self.sentences_file = sentences_file
@@ -204,7 +222,7 @@ class OfficialDataModule(MLRDataModule):
     def synonyms(self) -> dict[str, list[str]]:
         """This project's synonym table (``reference_synonyms`` adds the reference quirks)."""
         _, table = synonym_table(self.DATASET, reference_quirks=self.reference_synonyms)
-        return {c: list(table.get(c, [c])) for c in self.class_names}
+        return {c: list(dict.fromkeys([c, *table.get(c, [])])) for c in self.class_names}
 
     def text_corpus(self, source: str) -> TextCorpus:
         """Captions (``captions_file``) or LLM sentences (``sentences_file``), labelled.

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from mlr_bench.datamodules._official import (
-    BadImagePolicy,
     DatasetFormatError,
     Digest,
     OfficialDataModule,
@@ -124,53 +123,18 @@ class COCO2014(OfficialDataModule):
     def __init__(
         self,
         root: str,
-        legacy_val: bool = False,
         num_val: int = 2000,
-        seed: int = 0,
-        on_bad_image: BadImagePolicy = "error",
-        batch_size: int = 64,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        image_size: int | None = None,
-        cache_dir: str | None = None,
-        captions_file: str | None = None,
-        sentences_file: str | None = None,
-        text_on_error: Literal["error", "skip"] = "error",
-        reference_synonyms: bool = False,
+        **kwargs: Any,
     ) -> None:
         """
         Args:
             root: folder holding ``annotations/`` and ``val2014/`` (and ``train2014/``).
-            legacy_val: validate on test[0::10] like the reference code (optimistic).
-            num_val: validation images drawn from train2014 (when not ``legacy_val``).
-            seed: seed of that draw.
-            on_bad_image: "error" stops at an unreadable image; "skip" scores a black image
-                in its place and warns.
-            captions_file: caption corpus for text-only training (COCO
-                ``captions_train2017.json`` for VOC/COCO, Localized Narratives jsonl for
-                NUS-WIDE), labelled with this dataset's synonym table.
-            sentences_file: LLM sentences (``mlr-bench captions`` jsonl/json, or ``.txt``
-                lines).
-            text_on_error: a malformed corpus line stops ("error") or is skipped and counted.
-            reference_synonyms: add the reference synonym quirks (VOC chair ← bench, NUS
-                road ← way) to reproduce TaI-DPT's labels exactly.
+            num_val: validation images drawn from the training side (when not
+                ``legacy_val``).
+            **kwargs: the common options of :class:`OfficialDataModule` (``legacy_val``,
+                ``seed``, ``on_bad_image``, ``captions_file``, ``sentences_file``, loaders...).
         """
-        super().__init__(
-            root,
-            legacy_val,
-            num_val,
-            seed,
-            on_bad_image,
-            batch_size,
-            eval_batch_size,
-            num_workers,
-            image_size,
-            cache_dir,
-            captions_file=captions_file,
-            sentences_file=sentences_file,
-            text_on_error=text_on_error,
-            reference_synonyms=reference_synonyms,
-        )
+        super().__init__(root, num_val=num_val, **kwargs)
         self.save_hyperparameters()
         self._names: list[str] | None = None
 

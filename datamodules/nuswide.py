@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from mlr_bench.datamodules._official import (
-    BadImagePolicy,
     DatasetFormatError,
     Digest,
     OfficialDataModule,
@@ -119,54 +118,20 @@ class NUSWIDE(OfficialDataModule):
     def __init__(
         self,
         root: str,
-        legacy_val: bool = False,
         num_val: int = 2000,
-        seed: int = 0,
         missing: MissingPolicy = "error",
-        on_bad_image: BadImagePolicy = "error",
-        batch_size: int = 64,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        image_size: int | None = None,
-        cache_dir: str | None = None,
-        captions_file: str | None = None,
-        sentences_file: str | None = None,
-        text_on_error: Literal["error", "skip"] = "error",
-        reference_synonyms: bool = False,
+        **kwargs: Any,
     ) -> None:
         """
         Args:
             root: the NUS-WIDE folder (Concepts81.txt, ImageList/, TrainTestLabels/, Flickr/).
-            legacy_val: validate on test[0::20] like the reference code (optimistic).
-            num_val: validation images drawn from the training list (when not ``legacy_val``).
-            seed: seed of that draw.
+            num_val: validation images drawn from the training side (when not
+                ``legacy_val``).
             missing: listed images absent under Flickr/: "error" or "skip" (dropped, warned).
-            on_bad_image: "error" stops at an unreadable image; "skip" scores a black image
-                in its place and warns.
-            captions_file: OpenImages Localized Narratives jsonl for text-only training
-                (TaI-DPT: at most 1,000 narratives per rarest class, 77 words each).
-            sentences_file: LLM sentences (``mlr-bench captions`` jsonl/json, or ``.txt``
-                lines).
-            text_on_error: a malformed corpus line stops ("error") or is skipped and counted.
-            reference_synonyms: add the reference synonym quirks (road ← way) to reproduce
-                TaI-DPT's labels exactly.
+            **kwargs: the common options of :class:`OfficialDataModule` (``legacy_val``,
+                ``seed``, ``on_bad_image``, ``captions_file``, ``sentences_file``, loaders...).
         """
-        super().__init__(
-            root,
-            legacy_val,
-            num_val,
-            seed,
-            on_bad_image,
-            batch_size,
-            eval_batch_size,
-            num_workers,
-            image_size,
-            cache_dir,
-            captions_file=captions_file,
-            sentences_file=sentences_file,
-            text_on_error=text_on_error,
-            reference_synonyms=reference_synonyms,
-        )
+        super().__init__(root, num_val=num_val, **kwargs)
         if missing not in ("error", "skip"):
             raise ValueError(f"missing must be 'error' or 'skip', not {missing!r}")
         self.missing = missing

@@ -14,13 +14,12 @@ Targets keep VOC's three values: 1 positive, 0 difficult, -1 negative.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import numpy as np
 import torch
 
 from mlr_bench.datamodules._official import (
-    BadImagePolicy,
     DatasetFormatError,
     Digest,
     OfficialDataModule,
@@ -148,53 +147,18 @@ class VOC2007(OfficialDataModule):
     def __init__(
         self,
         root: str,
-        legacy_val: bool = False,
         num_val: int = 500,
-        seed: int = 0,
-        on_bad_image: BadImagePolicy = "error",
-        batch_size: int = 64,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        image_size: int | None = None,
-        cache_dir: str | None = None,
-        captions_file: str | None = None,
-        sentences_file: str | None = None,
-        text_on_error: Literal["error", "skip"] = "error",
-        reference_synonyms: bool = False,
+        **kwargs: Any,
     ) -> None:
         """
         Args:
             root: folder containing ``VOCdevkit/`` (or ``VOCdevkit`` / ``VOCdevkit/VOC2007``).
-            legacy_val: validate on the whole test set like the reference code (optimistic).
-            num_val: validation images drawn from ``trainval`` (when not ``legacy_val``).
-            seed: seed of that draw.
-            on_bad_image: "error" stops at an unreadable image; "skip" scores a black image
-                in its place and warns.
-            captions_file: caption corpus for text-only training (COCO
-                ``captions_train2017.json`` for VOC/COCO, Localized Narratives jsonl for
-                NUS-WIDE), labelled with this dataset's synonym table.
-            sentences_file: LLM sentences (``mlr-bench captions`` jsonl/json, or ``.txt``
-                lines).
-            text_on_error: a malformed corpus line stops ("error") or is skipped and counted.
-            reference_synonyms: add the reference synonym quirks (VOC chair ← bench, NUS
-                road ← way) to reproduce TaI-DPT's labels exactly.
+            num_val: validation images drawn from the training side (when not
+                ``legacy_val``).
+            **kwargs: the common options of :class:`OfficialDataModule` (``legacy_val``,
+                ``seed``, ``on_bad_image``, ``captions_file``, ``sentences_file``, loaders...).
         """
-        super().__init__(
-            root,
-            legacy_val,
-            num_val,
-            seed,
-            on_bad_image,
-            batch_size,
-            eval_batch_size,
-            num_workers,
-            image_size,
-            cache_dir,
-            captions_file=captions_file,
-            sentences_file=sentences_file,
-            text_on_error=text_on_error,
-            reference_synonyms=reference_synonyms,
-        )
+        super().__init__(root, num_val=num_val, **kwargs)
         self.save_hyperparameters()
 
     @property
