@@ -242,7 +242,8 @@ def _cli(args: list[str] | None, run: bool = True) -> MLRBenchCLI:
             "description": (
                 "mlr-bench: text-only multi-label recognition with CLIP. "
                 "Select a method and a dataset by short name: --method NAME --data NAME "
-                "(see `mlr-bench list`)."
+                "(see `mlr-bench list`). Other commands: `mlr-bench list`, "
+                "`mlr-bench prepare <dataset> --root DIR`, `mlr-bench captions --help`."
             ),
         },
         args=args,
