@@ -24,9 +24,10 @@ from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 from torch.utils.data import Dataset
 
-from mlr_bench.batch import TEXT, EvalSample
+from mlr_bench.batch import GENERATED_IMAGES, TEXT, EvalSample
 from mlr_bench.datamodule import MLRDataModule, Transform
 from mlr_bench.datamodules.folder import DatasetFormatError
+from mlr_bench.generated_data import GeneratedDataError
 from mlr_bench.text.corpus import CAPTIONS, SENTENCES, TextCorpus
 from mlr_bench.text.corpus_cache import load_corpus
 from mlr_bench.text.synonyms import synonym_table
@@ -167,6 +168,7 @@ class OfficialDataModule(MLRDataModule):
         sentences_file: str | None = None,
         text_on_error: Literal["error", "skip"] = "error",
         reference_synonyms: bool = False,
+        generated_dir: str | None = None,
         batch_size: int = 64,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -190,12 +192,16 @@ class OfficialDataModule(MLRDataModule):
             text_on_error: a malformed corpus line stops ("error") or is skipped and counted.
             reference_synonyms: add the reference synonym quirks (VOC chair ← bench, NUS
                 road ← way) to reproduce TaI-DPT's labels exactly.
+            generated_dir: an output folder of ``mlr-bench generate`` (images generated from
+                this dataset's captions, with their manifest): the training images of methods
+                that train on generated images (T2I-PAL).
         """
         super().__init__(batch_size, eval_batch_size, num_workers, image_size, cache_dir)
         self.captions_file = captions_file
         self.sentences_file = sentences_file
         self.text_on_error = text_on_error
         self.reference_synonyms = reference_synonyms
+        self.generated_dir = generated_dir
         if on_bad_image not in ("error", "skip"):
             raise ValueError(f"on_bad_image must be 'error' or 'skip', not {on_bad_image!r}")
         if num_val < 1:
@@ -209,8 +215,8 @@ class OfficialDataModule(MLRDataModule):
         self._raw: Split | None = None
         self._val_warned = False
 
-    #: Training text these datasets can build (from the files given as init arguments).
-    provides = frozenset({TEXT})
+    #: Training data these datasets can build (from the files/folders given as init arguments).
+    provides = frozenset({TEXT, GENERATED_IMAGES})
     #: Name of the synonym table (mlr_bench.text.synonyms) used to label text.
     DATASET: ClassVar[str] = ""
     #: How ``captions_file`` is read: COCO captions json (TaI-DPT, one caption per image for
@@ -266,6 +272,18 @@ class OfficialDataModule(MLRDataModule):
                 f"{loaded.skipped} malformed entries skipped; {len(loaded.corpus)} kept"
             )
         return loaded.corpus
+
+    def generated_folder(self) -> Path:
+        """``generated_dir``; generating Stable Diffusion images is a separate, long step."""
+        if not self.generated_dir:
+            name = type(self).__name__.lower()
+            raise GeneratedDataError(
+                f"{type(self).__name__}: this method trains on generated images, so it needs "
+                f"--data.generated_dir: first run `mlr-bench generate --data {name} ...` "
+                "(images from this dataset's captions; see `mlr-bench generate --help`), then "
+                "pass its output folder as --data.generated_dir"
+            )
+        return Path(self.generated_dir).expanduser()
 
     # ---- what subclasses provide -----------------------------------------------------------
     def _read_test(self) -> Split:

@@ -10,14 +10,16 @@ renderer standing in for Stable Diffusion.
 from __future__ import annotations
 
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from mlr_bench.batch import TEXT, EvalSample
+from mlr_bench.batch import GENERATED_IMAGES, TEXT, EvalSample
 from mlr_bench.datamodule import MLRDataModule, Transform
+from mlr_bench.generated_data import caption_items, items_digest
 from mlr_bench.text import SynonymLabeler
 from mlr_bench.text.corpus import CAPTIONS, SENTENCES, TextCorpus
 from mlr_bench.world import (
@@ -52,7 +54,10 @@ class WorldImages(Dataset):
 class World(MLRDataModule):
     """The built-in synthetic world (18 classes of shapes and icons), with the micro-CLIP."""
 
-    provides = frozenset({TEXT})
+    provides = frozenset({TEXT, GENERATED_IMAGES})
+    #: Generation settings change only the generated training images, whose cache is keyed
+    #: by their own manifest: evaluation caches must not depend on them.
+    NON_DATA_ARGS = MLRDataModule.NON_DATA_ARGS | {"num_generated", "images_per_caption"}
 
     def __init__(
         self,
@@ -62,6 +67,8 @@ class World(MLRDataModule):
         num_captions: int = 20_000,
         num_sentences: int = 5000,
         scene_size: int = 96,
+        num_generated: int = 5000,
+        images_per_caption: int = 1,
         batch_size: int = 256,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -76,6 +83,10 @@ class World(MLRDataModule):
             num_captions: size of the caption corpus (text-only training data).
             num_sentences: size of the LLM-style sentence corpus.
             scene_size: rendering resolution of the scenes in pixels.
+            num_generated: captions (the first ones naming a class) rendered into generated
+                training images by the world's text-to-image stand-in, for methods that train
+                on generated images (T2I-PAL); built on first use under the cache root.
+            images_per_caption: generated images per caption (different seeds).
         """
         super().__init__(batch_size, eval_batch_size, num_workers, image_size, cache_dir)
         self.save_hyperparameters()
@@ -84,6 +95,8 @@ class World(MLRDataModule):
         self.num_captions = num_captions
         self.num_sentences = num_sentences
         self.scene_size = scene_size
+        self.num_generated = num_generated
+        self.images_per_caption = images_per_caption
         self.labeler = SynonymLabeler(CLASS_NAMES, SYNONYMS)
 
     @property
@@ -154,3 +167,22 @@ class World(MLRDataModule):
     def text_to_image(self, caption: str, seed: int) -> np.ndarray:
         """Render a caption in the world's "generated" style (the Stable Diffusion stand-in)."""
         return render_caption(caption, np.random.default_rng(seed), image_size=self.scene_size)
+
+    def generated_folder(self) -> Path:
+        """Renders the first ``num_generated`` labelled captions with the world renderer into
+        ``<cache root>/generated/world-<captions hash>/`` (resumable; a finished folder is
+        reused) and returns the generation folder."""
+        from mlr_bench.generation import WorldRenderer, generate_images
+
+        items = caption_items(self.caption_corpus, CLASS_NAMES, self.num_generated)
+        out_root = self.store.root / "generated" / f"world-{items_digest(items)}"
+        return Path(
+            generate_images(
+                WorldRenderer(image_size=self.scene_size),
+                items,
+                out_root,
+                images_per_caption=self.images_per_caption,
+                batch_size=64,
+                progress=False,
+            )
+        )

@@ -16,18 +16,18 @@ from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from mlr_bench.batch import TEXT, FeatureBatch
 from mlr_bench.clip import CLIPBackbone
-from mlr_bench.clip.prompts import PromptEncoder, init_context, spatial_softmax_pool
 from mlr_bench.losses import ranking_loss
 from mlr_bench.method import FeatureMethod
+from mlr_bench.methods._dpt import DoublePromptMixin
 from mlr_bench.schedules import warmup_cosine
-from mlr_bench.text.corpus import CAPTIONS, TextRequest
+from mlr_bench.text.corpus import CAPTIONS
 
 
-class TaIDPT(FeatureMethod):
+class TaIDPT(DoublePromptMixin, FeatureMethod):
     """Double-grained prompt tuning on caption features (global EOT + local tokens)."""
 
     requires: ClassVar[frozenset[str]] = frozenset({TEXT})
@@ -91,31 +91,7 @@ class TaIDPT(FeatureMethod):
         self.text_source = text_source
         self.template_copies = template_copies
         self.backbone = CLIPBackbone(backbone, pretrained)
-        self.ctx_global = nn.Parameter(init_context(self.backbone, n_ctx, std=ctx_init_std))
-        self.ctx_local = nn.Parameter(init_context(self.backbone, n_ctx, std=ctx_init_std))
-        self.prompts = (
-            PromptEncoder(self.backbone, self.class_names, n_ctx) if class_names else None
-        )
-        self._eval_prompts: tuple[Tensor, Tensor] | None = None
-
-    def text_request(self) -> TextRequest:
-        return TextRequest(self.text_source, self.template_copies)
-
-    def class_prompts(self) -> tuple[Tensor, Tensor]:
-        """Normalised ``[C, D]`` global and local class prompt embeddings."""
-        if self.prompts is None:
-            raise RuntimeError("TaIDPT needs class_names (linked from the datamodule)")
-        return self.prompts(self.ctx_global), self.prompts(self.ctx_local)
-
-    def branch_scores(
-        self, global_: Tensor, local: Tensor, mask: Tensor | None, spatial_scale: float
-    ) -> tuple[Tensor, Tensor]:
-        """Global and local logits of features ``[B, D]`` and ``[B, L, D]`` (tokens/locations)."""
-        t_global, t_local = self._eval_prompts or self.class_prompts()
-        scale = self.logit_scale
-        s_global = scale * global_ @ t_global.T
-        s_local = scale * spatial_softmax_pool(local @ t_local.T, spatial_scale, mask)
-        return s_global, s_local
+        self.init_double_prompts(n_ctx, ctx_init_std)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         s_global, s_local = self.branch_scores(
@@ -139,17 +115,6 @@ class TaIDPT(FeatureMethod):
         )
         r = self.merge_rate
         return (1 - r) * s_global + r * s_local
-
-    # The prompts do not change during evaluation: encode them once per evaluation epoch.
-    def _freeze_prompts(self) -> None:
-        with torch.no_grad():
-            self._eval_prompts = self.class_prompts()
-
-    def _release_prompts(self) -> None:
-        self._eval_prompts = None
-
-    on_validation_epoch_start = on_test_epoch_start = on_predict_epoch_start = _freeze_prompts
-    on_validation_epoch_end = on_test_epoch_end = on_predict_epoch_end = _release_prompts
 
     def configure_optimizers(self) -> dict[str, Any]:
         params = [self.ctx_global, self.ctx_local]

@@ -26,11 +26,18 @@ from mlr_bench.errors import MLRBenchError
 from mlr_bench.eval.evaluator import Evaluator
 from mlr_bench.method import MLRMethod
 from mlr_bench.runs import run_dir
+from mlr_bench.stages import fit_prior_stage
 
 USER_CONFIG = "~/.config/mlr-bench.yaml"
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict", "train")
 #: CLI option -> LightningCLI key. ``--model`` keeps working as LightningCLI's canonical key.
 ALIASES = {"--method": ("method", "--model"), "--data": ("data", "--data")}
+#: ``--logger NAME`` -> ``--trainer.logger`` value ("true": the default CSV logger, in the run dir).
+LOGGERS = {
+    "wandb": "mlr_bench.loggers.MLRWandbLogger",
+    "csv": "true",
+    "tensorboard": "mlr_bench.loggers.MLRTensorBoardLogger",
+}
 
 
 # ---- argv rewriting ---------------------------------------------------------------------------
@@ -50,6 +57,14 @@ def _resolve_value(kind: str, value: str) -> str:
     if value.lower() in by_class:
         return by_class[value.lower()].class_path
     raise registry.UnknownNameError(registry.unknown_name_message(kind, value, sorted(known)))
+
+
+def _logger_value(name: str) -> str:
+    """``--logger`` shortcut; ``--trainer.logger CLASS_PATH`` stays available for the rest."""
+    if name.lower() not in LOGGERS:
+        choices = ", ".join(LOGGERS)
+        raise MLRBenchError(f"--logger: unknown logger '{name}'; choose one of: {choices}")
+    return LOGGERS[name.lower()]
 
 
 def rewrite_argv(argv: Sequence[str]) -> list[str]:
@@ -72,6 +87,11 @@ def rewrite_argv(argv: Sequence[str]) -> list[str]:
                 i += 1
                 continue
             out.append(f"{target}={_resolve_value(kind, value)}")
+        elif key == "--logger":
+            if not eq and i + 1 < len(args):
+                i += 1
+                inline = args[i]
+            out.append(f"--trainer.logger={_logger_value(inline)}")
         elif arg.startswith("--method."):
             out.append("--model." + arg[len("--method.") :])
         else:
@@ -82,7 +102,12 @@ def rewrite_argv(argv: Sequence[str]) -> list[str]:
 
 # ---- Lightning pieces ---------------------------------------------------------------------
 class MLRTrainer(Trainer):
-    """A Trainer with ``train``: the benchmark unit, fit followed by test."""
+    """A Trainer with ``train`` (the benchmark unit, fit followed by test) that also fits the
+    prior stage a staged method asks for (PVP's pre-training) before the method itself."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.init_kwargs = dict(kwargs)  # a prior stage's Trainer runs on the same devices
+        super().__init__(*args, **kwargs)
 
     def fit(self, model: Any, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
         """Fit; for a method with nothing to train under DDP, validate and checkpoint instead.
@@ -91,10 +116,11 @@ class MLRTrainer(Trainer):
         is only validation anyway (zero-shot CLIP): run exactly that, on every rank, and save
         the usual ``last.ckpt`` (hyperparameters only) so ``train``/``test`` work as for others.
         """
+        datamodule = kwargs.get("datamodule") or (args[2] if len(args) > 2 else None)
+        fit_prior_stage(self, self.init_kwargs, model, datamodule)
         trainable = any(p.requires_grad for p in model.parameters())
         if trainable or not isinstance(self.strategy, DDPStrategy):
             return super().fit(model, *args, **kwargs)
-        datamodule = kwargs.get("datamodule") or (args[1] if len(args) > 1 else None)
         self.validate(model, datamodule=datamodule)
         callback = self.checkpoint_callback
         if callback is not None:
@@ -194,7 +220,27 @@ class MLRBenchCLI(LightningCLI):
             data = registry.name_for_class("data", type(self.datamodule))
             root = config.get("default_root_dir") or "runs"
             overrides["logger"] = CSVLogger(save_dir=root, name=f"{method}/{data}")
-        return super().instantiate_trainer(**overrides, **kwargs)
+        trainer = super().instantiate_trainer(**overrides, **kwargs)
+        if any(hasattr(logger, "bind_run") for logger in trainer.loggers):
+            from mlr_bench.loggers import RunContext, bind_loggers
+
+            context = RunContext(
+                stage=str(self.subcommand),
+                model=self.model,
+                datamodule=self.datamodule,
+                root_dir=str(config.get("default_root_dir") or "runs"),
+                config=self._resolved_config(),
+            )
+            bind_loggers(trainer.loggers, context)
+        return trainer
+
+    def _resolved_config(self) -> dict[str, Any]:
+        """The full resolved config as plain data (what ``config.yaml`` holds), for loggers."""
+        import yaml
+
+        config = self.config.get(str(self.subcommand), self.config)
+        dumped = self._parser(self.subcommand).dump(config, skip_none=False, skip_validation=True)
+        return yaml.safe_load(dumped) or {}
 
 
 def _find_user_error(exc: BaseException) -> MLRBenchError | None:
@@ -303,8 +349,15 @@ def class_names_for(data: str) -> list[str]:
     return list(CLASS_NAMES) if data == "world" else synonym_table(data)[0]
 
 
+def _benchmark(argv: list[str]) -> int:
+    """``mlr-bench benchmark --methods all --data world --seeds 1,2,3``: the matrix."""
+    from mlr_bench.benchmark import benchmark_main
+
+    return benchmark_main(argv)
+
+
 #: Commands outside LightningCLI: name -> function(argv) returning an exit code.
-EXTRA_COMMANDS = {"prepare": _prepare, "captions": _captions}
+EXTRA_COMMANDS = {"prepare": _prepare, "captions": _captions, "benchmark": _benchmark}
 
 
 def _report_plugin_failures() -> None:
@@ -340,11 +393,21 @@ def run_cli(argv: Sequence[str] | None = None) -> MLRBenchCLI | None:
         if from_sys:
             # Rewrite in place: DDP's re-launch of this script then sees the same arguments.
             sys.argv[1:] = rewritten
-            return _cli(None)
-        return _cli(rewritten)
+            return _finish_runs(_cli(None))
+        return _finish_runs(_cli(rewritten))
     except MLRBenchError as exc:
         print(f"mlr-bench: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _finish_runs(cli: MLRBenchCLI) -> MLRBenchCLI:
+    """Close runs a logger holds open (W&B), so each command is one complete run."""
+    from mlr_bench.loggers import finish_loggers
+
+    trainer = getattr(cli, "trainer", None)
+    if trainer is not None:
+        finish_loggers(trainer.loggers)
+    return cli
 
 
 def main() -> int:

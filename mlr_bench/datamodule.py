@@ -8,13 +8,15 @@ method never triggers image generation and a zero-shot method never builds a cor
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset
 
-from mlr_bench.batch import TEXT
+from mlr_bench.batch import GENERATED_IMAGES, TEXT
 from mlr_bench.errors import MLRBenchError
 from mlr_bench.features import (
     FeatureCache,
@@ -52,8 +54,10 @@ class MLRDataModule(LightningDataModule):
     """Base class of multi-label datasets.
 
     Subclasses provide ``class_names`` and :meth:`eval_dataset`; those with training data list
-    its kinds in ``provides`` and implement :meth:`text_corpus` (for ``text``) or
-    :meth:`train_dataset` (other kinds).
+    its kinds in ``provides`` and implement :meth:`text_corpus` (for ``text``),
+    :meth:`generated_folder` (for ``generated_images``) or :meth:`train_dataset` (other kinds).
+    A method that requires several kinds gets one batch of each per step (see
+    :meth:`train_dataloader`).
 
     Frozen features: when the method scores from features (``method.eval_inputs ==
     "features"``) or trains on text features (``method.text_features``), rank 0 computes them
@@ -113,12 +117,20 @@ class MLRDataModule(LightningDataModule):
         """The training text of one source (``captions``, ``sentences``...) with labels."""
         raise NotImplementedError(f"{type(self).__name__} provides no '{source}' text")
 
+    def generated_folder(self) -> Path:
+        """Folder of generated training images with their manifest (see
+        :mod:`mlr_bench.generation`): generated here (the world) or given by the user."""
+        raise NotImplementedError(f"{type(self).__name__} provides no generated images")
+
     def train_dataset(self, kind: str) -> Dataset:
-        """Training data of one kind listed in ``provides`` (``text`` is built here)."""
+        """Training data of one kind listed in ``provides`` (``text`` and ``generated_images``
+        are built here; generated images come as frozen feature samples from their cache)."""
         if kind == TEXT:
             if self._text_parts():
                 return TextFeatureDataset(self.text_cache())
             return TextDataset(self.training_corpus())
+        if kind == GENERATED_IMAGES:
+            return ImageFeatureDataset(self.generated_cache())
         raise NotImplementedError(f"{type(self).__name__} provides no '{kind}' training data")
 
     def identity(self, split: str) -> dict[str, Any]:
@@ -169,16 +181,36 @@ class MLRDataModule(LightningDataModule):
         return self._caches[split]
 
     def text_cache(self) -> FeatureCache:
-        """Frozen features of the training corpus under the method's backbone (built once)."""
-        if "train_text" not in self._caches:
-            self._caches["train_text"] = text_features(
+        """Frozen features of the training corpus under the method's backbone (built once per
+        text request: a staged method asks for different text in each stage)."""
+        request, parts = self._text_request(), self._text_parts()
+        name = f"train_text:{request.source}:{request.template_copies}:{','.join(sorted(parts))}"
+        if name not in self._caches:
+            self._caches[name] = text_features(
                 self.store,
                 self._method().backbone,
                 self.training_corpus(),
-                parts=self._text_parts(),
+                parts=parts,
                 device=self._build_device(),
             )
-        return self._caches["train_text"]
+        return self._caches[name]
+
+    def generated_cache(self) -> FeatureCache:
+        """Frozen features + caption targets of the generated training images (built once)."""
+        from mlr_bench.generated_data import generated_image_features
+
+        if "train_generated" not in self._caches:
+            self._caches["train_generated"] = generated_image_features(
+                self.store,
+                self._method().backbone,
+                self.generated_folder(),
+                self.class_names,
+                self.transform or self.resolve_transform(),
+                batch_size=self.eval_batch_size,
+                num_workers=self.num_workers,
+                device=self._build_device(),
+            )
+        return self._caches["train_generated"]
 
     def prepare_data(self) -> None:
         """Rank 0 (per node) builds the feature caches the coming stage needs; others wait."""
@@ -188,6 +220,8 @@ class MLRDataModule(LightningDataModule):
         stage = trainer.state.fn.value if trainer.state.fn is not None else "fit"
         if stage == "fit" and TEXT in self.required_kinds() and self._text_parts():
             self.text_cache()
+        if stage == "fit" and GENERATED_IMAGES in self.required_kinds():
+            self.generated_cache()  # generates the images first where the datamodule does
         if self._uses_image_features():
             for split in {"fit": ("val",), "validate": ("val",)}.get(stage, ("test",)):
                 if self.has_split(split):
@@ -241,16 +275,17 @@ class MLRDataModule(LightningDataModule):
             )
         return required
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | CombinedLoader:
+        """One loader for one required kind (its batches as they are); for several kinds a
+        ``CombinedLoader`` in "max_size_cycle" mode whose batches are ``{kind: batch}``: an
+        epoch runs through the largest source while the smaller ones cycle."""
         kinds = sorted(self.required_kinds())
         if not kinds:
             return DataLoader(NoTrainingData(), batch_size=1)
-        if len(kinds) > 1:
-            raise NotImplementedError(
-                f"{type(self).__name__} builds one training data kind per method; override "
-                f"train_dataloader to combine {kinds}"
-            )
-        return self._loader(self.train_dataset(kinds[0]), self.batch_size, shuffle=True)
+        loaders = {k: self._loader(self.train_dataset(k), self.batch_size, True) for k in kinds}
+        if len(loaders) == 1:
+            return loaders[kinds[0]]
+        return CombinedLoader(loaders, mode="max_size_cycle")
 
     def _eval_loader(self, split: str) -> DataLoader | list:
         if self._uses_image_features():

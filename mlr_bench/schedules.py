@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from torch.optim import Optimizer
@@ -24,17 +25,22 @@ def warmup_cosine_factor(
 
 
 def warmup_cosine(
-    optimizer: Optimizer, max_epochs: int | None, warmup_epochs: int = 1, warmup_lr: float = 1e-5
+    optimizer: Optimizer,
+    max_epochs: int | None,
+    warmup_epochs: int = 1,
+    warmup_lr: float | Sequence[float] = 1e-5,
 ) -> dict[str, Any]:
     """Per-epoch warm-up + cosine schedule for ``configure_optimizers``.
 
     ``max_epochs`` is the trainer's (the cosine spans the whole run); None or -1 (unbounded
-    training) falls back to the references' 20 epochs.
+    training) falls back to the references' 20 epochs. ``warmup_lr`` may give one warm-up lr
+    per parameter group (PVP warms its adapters at 5× their base lr, its prompts at 1×).
     """
     max_epochs = max_epochs if max_epochs not in (None, -1) else 20
-    base = optimizer.param_groups[0]["lr"]
-    ratio = warmup_lr / base if base else 1.0
-    scheduler = LambdaLR(
-        optimizer, lambda e: warmup_cosine_factor(e, max_epochs, warmup_epochs, ratio)
-    )
-    return {"scheduler": scheduler, "interval": "epoch"}
+    groups = optimizer.param_groups
+    warm = [warmup_lr] * len(groups) if isinstance(warmup_lr, int | float) else list(warmup_lr)
+    if len(warm) != len(groups):
+        raise ValueError(f"{len(warm)} warm-up lrs for {len(groups)} parameter groups")
+    ratios = [w / g["lr"] if g["lr"] else 1.0 for w, g in zip(warm, groups, strict=True)]
+    factors = [lambda e, r=r: warmup_cosine_factor(e, max_epochs, warmup_epochs, r) for r in ratios]
+    return {"scheduler": LambdaLR(optimizer, factors), "interval": "epoch"}

@@ -59,6 +59,9 @@ def build_from_cli(
 
 
 def _trainer(root: Path, **kwargs: Any) -> Trainer:
+    """mlr-bench's own Trainer (it also fits a staged method's prior stage, as the CLI does)."""
+    from mlr_bench.cli import MLRTrainer
+
     defaults: dict[str, Any] = {
         "accelerator": "cpu",
         "devices": 1,
@@ -68,7 +71,7 @@ def _trainer(root: Path, **kwargs: Any) -> Trainer:
         "enable_model_summary": False,
         "default_root_dir": str(root),
     }
-    return Trainer(**{**defaults, **kwargs})
+    return MLRTrainer(**{**defaults, **kwargs})
 
 
 def _snapshot(model: MLRMethod) -> dict[str, Tensor]:

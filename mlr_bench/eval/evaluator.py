@@ -72,6 +72,13 @@ class Evaluator(Callback):
         self.write_results = write_results
         self._buffers: dict[str, list[dict[str, Tensor]]] = {"val": [], "test": []}
         self.results: dict[str, dict[str, Any]] = {}
+        self._gathered: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        for logger in _wandb_loggers(trainer):
+            from mlr_bench.loggers import describe_run
+
+            describe_run(logger, trainer, pl_module)
 
     # ---- collection ------------------------------------------------------------------------
     def _collect(self, stage: Stage, outputs: Any) -> None:
@@ -115,6 +122,7 @@ class Evaluator(Callback):
             torch.cat([b["target"].to(torch.int8) for b in buf]),
             world_size,
         )
+        self._gathered[stage] = (index, scores, targets)  # for the W&B tables, dropped after
         metrics = compute_metrics(
             scores.double().numpy(),
             targets.numpy(),
@@ -140,6 +148,12 @@ class Evaluator(Callback):
                 if ap is not None:
                     pl_module.log(f"test/AP/{name}", ap, sync_dist=True)
         self.results[stage] = self._report(trainer, pl_module, metrics, per_class, class_names)
+        index, scores, targets = self._gathered.pop(stage)
+        if stage == "test" and trainer.is_global_zero:
+            for logger in _wandb_loggers(trainer):
+                from mlr_bench.loggers import log_test_tables
+
+                log_test_tables(logger, trainer, per_class, index, scores, targets)
         if write and self.write_results:
             path = run_dir(trainer) / f"results_{stage}.json"  # collective: call on every rank
             if trainer.is_global_zero:
@@ -174,6 +188,13 @@ class Evaluator(Callback):
             "git_revision": git_revision(),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
+
+
+def _wandb_loggers(trainer: Trainer) -> list[Any]:
+    """The trainer's W&B loggers; the check imports no ``wandb`` (Lightning's class is lazy)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    return [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
 
 
 def _per_class(metrics: MultilabelMetrics, class_names: Sequence[str]) -> dict[str, float | None]:

@@ -1,0 +1,229 @@
+"""Run one benchmark cell (``mlr-bench train``) and turn it into a result record.
+
+Used in-process by the runner, or as ``python -m mlr_bench.benchmark.cell`` in a child process
+(the default: one cell's crash, leaked memory or Ctrl-C handling cannot touch the others, and
+its peak memory is its own). A cell is done only once ``result.json`` is written, atomically,
+as the very last step; a failure leaves ``error.txt`` instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import resource
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from mlr_bench.benchmark.matrix import Cell
+from mlr_bench.errors import MLRBenchError
+from mlr_bench.runs import atomic_write_json, atomic_write_text
+
+RESULT = "result.json"
+ERROR = "error.txt"
+LOG = "log.txt"
+TAIL_LINES = 40
+
+
+class CellError(MLRBenchError):
+    """A cell ran but did not produce what the benchmark needs (e.g. no test results)."""
+
+
+# ---- memory ---------------------------------------------------------------------------------
+def reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (Linux ``clear_refs``); False where unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process since start or the last reset, in MB."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def _reset_cuda_peak() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _cuda_peak_mb() -> float:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
+# ---- one cell ---------------------------------------------------------------------------------
+def run_cell_here(cell: Cell, args: Sequence[str]) -> dict[str, Any] | None:
+    """Run ``mlr-bench <args>`` in this process; the cell's record, or None on a DDP rank > 0.
+
+    Train time is everything before testing starts (data, feature caches, prior stages, fit);
+    eval time is the test stage on the selected checkpoint.
+    """
+    from mlr_bench.benchmark.probe import CellProbe
+    from mlr_bench.cli import run_cli
+    from mlr_bench.eval.evaluator import Evaluator
+
+    reset_peak_rss()
+    _reset_cuda_peak()
+    start = time.perf_counter()
+    try:
+        cli = run_cli(list(args))
+    except SystemExit:
+        if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+            # Lightning turns Ctrl-C into SystemExit(1) and ignores SIGINT from then on.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt from None
+        raise
+    trainer = getattr(cli, "trainer", None)
+    if trainer is None:
+        raise CellError(f"cell {cell.name}: `mlr-bench {args[0]}` did not run a Trainer")
+    if not trainer.is_global_zero:
+        return None
+    probe = next((c for c in trainer.callbacks if isinstance(c, CellProbe)), None)
+    evaluator = next((c for c in trainer.callbacks if isinstance(c, Evaluator)), None)
+    test = evaluator.results.get("test") if evaluator is not None else None
+    if probe is None or probe.test_start is None or not test or "path" not in test:
+        raise CellError(
+            f"cell {cell.name}: no test results were written (expected results_test.json "
+            "from the evaluator after fit + test)"
+        )
+    results_file = Path(test["path"])
+    results = json.loads(results_file.read_text(encoding="utf-8"))  # the file is the record
+    cuda = probe.cuda
+    return {
+        "method": cell.method,
+        "dataset": cell.dataset,
+        "seed": cell.seed,
+        "backbone": ((results.get("method") or {}).get("init_args") or {}).get("backbone"),
+        "status": "ok",
+        "metrics": results["metrics"],
+        "per_class_ap": results["per_class_ap"],
+        "train_time_s": probe.test_start - start,
+        "eval_time_s": probe.eval_seconds,
+        "peak_memory_mb": _cuda_peak_mb() if cuda else peak_rss_mb(),
+        "memory": "cuda_max_allocated" if cuda else "cpu_max_rss",
+        "run_dir": str(results_file.parent),
+        "results_file": str(results_file),
+        "args": list(args),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def describe_failure(cell: Cell, exc: BaseException, log_file: Path | None = None) -> str:
+    """``error.txt``: the error on the first line, then the traceback and log tails.
+
+    A ``SystemExit`` is the CLI's own report of a user error: its message is in the log, so
+    the first line quotes the log's last ``error:`` line and the traceback is left out.
+    """
+    log = log_file.read_text(errors="replace") if log_file and log_file.is_file() else ""
+    summary = f"{type(exc).__name__}: {exc}".strip()
+    parts = []
+    if isinstance(exc, SystemExit):
+        said = [line.strip() for line in log.splitlines() if "error:" in line]
+        summary = f"exit code {exc.code}" + (f": {said[-1]}" if said else "")
+    else:
+        trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        parts += ["", "traceback (last lines):", tail(trace)]
+    if log:
+        parts += ["", f"log tail ({log_file}):", tail(log)]
+    return "\n".join([f"cell {cell.name} failed: {summary}", *parts]) + "\n"
+
+
+def tail(text: str, lines: int = TAIL_LINES) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+@contextlib.contextmanager
+def output_to(log_file: Path) -> Iterator[None]:
+    """Send this process's output to the cell's log (in-process runs): ``print``s and the
+    ``logging`` handlers that write to the console (Lightning's bound it at import)."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    consoles = {id(sys.stdout), id(sys.stderr), id(sys.__stdout__), id(sys.__stderr__)}
+    loggers = [logging.getLogger(), *logging.root.manager.loggerDict.values()]
+    handlers = {
+        h
+        for lg in loggers
+        if isinstance(lg, logging.Logger)
+        for h in lg.handlers
+        if isinstance(h, logging.StreamHandler) and id(h.stream) in consoles
+    }
+    with (
+        log_file.open("a", encoding="utf-8") as f,
+        contextlib.redirect_stdout(f),
+        contextlib.redirect_stderr(f),
+    ):
+        saved = [(h, h.setStream(f)) for h in handlers]
+        try:
+            yield
+        finally:
+            for handler, stream in saved:
+                handler.setStream(stream)
+
+
+def run_and_record(cell: Cell, cell_dir: Path, args: Sequence[str]) -> dict[str, Any] | None:
+    """Run a cell here and write ``result.json`` (success) or ``error.txt`` (failure).
+
+    Returns the record, or None when it failed or on a DDP rank > 0. KeyboardInterrupt is
+    re-raised: the matrix stops and the cell stays not-done for the next (resumed) run.
+    """
+    log_file = cell_dir / LOG
+    try:
+        with output_to(log_file):
+            record = run_cell_here(cell, args)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # SystemExit too: the CLI's user errors end that way
+        atomic_write_text(cell_dir / ERROR, describe_failure(cell, exc, log_file))
+        return None
+    if record is not None:
+        atomic_write_json(cell_dir / RESULT, record)
+    return record
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Child-process entry: ``python -m mlr_bench.benchmark.cell DIR METHOD DATA SEED -- ARGS``
+    (stdout and stderr already go to the cell's ``log.txt``)."""
+    parser = argparse.ArgumentParser(prog="python -m mlr_bench.benchmark.cell")
+    parser.add_argument("cell_dir", type=Path)
+    parser.add_argument("method")
+    parser.add_argument("dataset")
+    parser.add_argument("seed", type=int)
+    parser.add_argument("args", nargs=argparse.REMAINDER)
+    ns = parser.parse_args(argv)
+    args = ns.args[1:] if ns.args[:1] == ["--"] else ns.args
+    from mlr_bench.cli import _quiet_known_warnings
+
+    _quiet_known_warnings()
+    cell = Cell(ns.method, ns.dataset, ns.seed)
+    try:
+        record = run_cell_here(cell, args)
+    except KeyboardInterrupt:
+        return 130
+    except BaseException as exc:  # our stdout/stderr are the cell's log: flush, then quote it
+        sys.stdout.flush()
+        sys.stderr.flush()
+        atomic_write_text(ns.cell_dir / ERROR, describe_failure(cell, exc, ns.cell_dir / LOG))
+        return 1
+    if record is not None:
+        atomic_write_json(ns.cell_dir / RESULT, record)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

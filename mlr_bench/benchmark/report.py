@@ -1,0 +1,230 @@
+"""Tables from cell records: ``results.csv``/``results.json`` and ``leaderboard.md``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mlr_bench.benchmark.reference import ReferenceTable, Reported
+
+ID_COLUMNS = ["method", "dataset", "backbone", "seed", "status"]
+HEADLINE_METRICS = ["mAP", "CF1", "OF1"]
+COST_COLUMNS = ["train_time_s", "eval_time_s", "peak_memory_mb", "memory"]
+TAIL_COLUMNS = ["run_dir", "error"]
+
+
+def metric_columns(records: Sequence[dict[str, Any]]) -> list[str]:
+    """mAP, CF1, OF1 and the top-k F1 variants under the names the evaluator wrote."""
+    names = list(HEADLINE_METRICS)
+    for record in records:
+        for key in record.get("metrics") or {}:
+            if key.startswith(("CF1_top", "OF1_top")) and key not in names:
+                names.append(key)
+    return names
+
+
+def to_rows(records: Sequence[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
+    """One flat row per cell (failed cells included, with empty metrics)."""
+    metrics = metric_columns(records)
+    columns = ID_COLUMNS + metrics + COST_COLUMNS + TAIL_COLUMNS
+    rows = []
+    for record in records:
+        row = {c: record.get(c) for c in columns}
+        row.update({m: (record.get("metrics") or {}).get(m) for m in metrics})
+        rows.append(row)
+    return columns, rows
+
+
+def rows_to_csv(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({c: "" if row.get(c) is None else row[c] for c in columns})
+    return buffer.getvalue()
+
+
+# ---- aggregation ------------------------------------------------------------------------------
+@dataclass
+class Summary:
+    """One method on one dataset over its successful seeds (population std, ddof=0)."""
+
+    method: str
+    dataset: str
+    backbones: list[str]
+    seeds: list[int]
+    mean: dict[str, float]
+    std: dict[str, float]
+    per_class_ap: dict[str, float | None]  # mean over seeds; None: no positives
+
+    @property
+    def n(self) -> int:
+        return len(self.seeds)
+
+
+def summarise(records: Sequence[dict[str, Any]]) -> list[Summary]:
+    """Mean and std per (method, dataset), in the records' order; failed cells are left out."""
+    metrics = metric_columns(records)
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for record in records:
+        if record.get("status") == "ok":
+            groups.setdefault((record["method"], record["dataset"]), []).append(record)
+    out = []
+    for (method, dataset), group in groups.items():
+        values = {m: [r["metrics"].get(m) for r in group] for m in metrics}
+        values |= {c: [r.get(c) for r in group] for c in COST_COLUMNS[:-1]}
+        mean, std = {}, {}
+        for key, column in values.items():
+            numbers = np.array([v for v in column if v is not None], dtype=float)
+            mean[key] = float(numbers.mean()) if numbers.size else math.nan
+            std[key] = float(numbers.std()) if numbers.size else math.nan
+        classes = list(group[0].get("per_class_ap") or {})
+        per_class = {}
+        for name in classes:
+            aps = [r["per_class_ap"].get(name) for r in group if r.get("per_class_ap")]
+            aps = [a for a in aps if a is not None]
+            per_class[name] = float(np.mean(aps)) if aps else None
+        backbones = sorted({str(r.get("backbone")) for r in group})
+        seeds = [int(r["seed"]) for r in group]
+        out.append(Summary(method, dataset, backbones, seeds, mean, std, per_class))
+    return out
+
+
+# ---- leaderboard ------------------------------------------------------------------------------
+def _pm(summary: Summary, key: str, digits: int = 2) -> str:
+    mean, std = summary.mean.get(key, math.nan), summary.std.get(key, math.nan)
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def leaderboard_markdown(
+    title: str,
+    records: Sequence[dict[str, Any]],
+    methods: Sequence[str],
+    datasets: Sequence[str],
+    seeds: Sequence[int],
+    reference: ReferenceTable | None = None,
+) -> str:
+    """Test mAP (mean ± std) per method × dataset, best in bold, reported numbers beside."""
+    summaries = {(s.method, s.dataset): s for s in summarise(records)}
+    best = {}
+    for dataset in datasets:
+        means = [s.mean["mAP"] for (m, d), s in summaries.items() if d == dataset]
+        means = [v for v in means if not math.isnan(v)]
+        best[dataset] = max(means) if means else None
+    reported = {
+        (m, d): [r for r in reference.for_cell(m, d) if r.verified] if reference else []
+        for m in methods
+        for d in datasets
+    }
+    with_reported = [d for d in datasets if any(reported[(m, d)] for m in methods)]
+    notes: list[Reported] = []
+
+    header = ["method"]
+    for dataset in datasets:
+        header.append(dataset)
+        if dataset in with_reported:
+            header.append(f"{dataset} (reported)")
+    rows = []
+    for method in methods:
+        row = [method]
+        for dataset in datasets:
+            summary = summaries.get((method, dataset))
+            if summary is None:
+                cell = "failed"
+            else:
+                cell = _pm(summary, "mAP")
+                if best[dataset] is not None and summary.mean["mAP"] == best[dataset]:
+                    cell = f"**{cell}**"
+                if summary.n < len(seeds):
+                    cell += f" (n={summary.n})"
+            row.append(cell)
+            if dataset in with_reported:
+                marks = []
+                for ref in reported[(method, dataset)]:
+                    notes.append(ref)
+                    marks.append(f"{ref.mAP:.2f} [{len(notes)}]")
+                row.append("; ".join(marks) or "–")
+        rows.append(row)
+
+    seed_text = ", ".join(str(s) for s in seeds)
+    lines = [
+        f"# Leaderboard: {title}",
+        "",
+        f"Test mAP (%) of the checkpoint selected on **val** (never test), mean ± std over "
+        f"seeds {seed_text} (population std). **Bold**: best per dataset. Columns marked "
+        "*(reported)* are published numbers, **not run here**; sources and settings below.",
+        "",
+        *_table(header, rows),
+    ]
+    lines += ["", "## Details (mean ± std over seeds)", ""]
+    lines += _details(records, summaries, methods, datasets)
+    if notes:
+        lines += ["", "## Reported numbers (not run here)", ""]
+        for i, ref in enumerate(notes, start=1):
+            setting = f", {ref.setting}" if ref.setting else ""
+            source = reference.sources[ref.source] if reference else ref.source
+            lines.append(f"{i}. {ref.backbone}{setting} [{ref.status}]: {source}")
+    unverified = _unverified(reference, methods, datasets)
+    if unverified:
+        lines += ["", "Unverified (quoted second-hand, not confirmed from the paper; not shown):"]
+        lines += [
+            f"- {r.method} on {r.dataset} ({r.backbone}): {r.mAP:.2f}, "
+            f"{reference.sources[r.source] if reference else r.source}"
+            for r in unverified
+        ]
+    if reference and (notes or unverified):
+        lines += ["", f"Note: {reference.note}"]
+    failed = [r for r in records if r.get("status") != "ok"]
+    if failed:
+        lines += ["", "## Failed cells", ""]
+        lines += [
+            f"- {r['method']}-{r['dataset']}-s{r['seed']}: {r.get('error')} ({r.get('error_file')})"
+            for r in failed
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _details(
+    records: Sequence[dict[str, Any]],
+    summaries: dict[tuple[str, str], Summary],
+    methods: Sequence[str],
+    datasets: Sequence[str],
+) -> list[str]:
+    metrics = metric_columns(records)
+    header = ["method", "dataset", "backbone", "seeds", *metrics]
+    header += ["train s", "eval s", "peak MB"]
+    rows = []
+    for dataset in datasets:
+        for method in methods:
+            s = summaries.get((method, dataset))
+            if s is None:
+                continue
+            row = [method, dataset, ", ".join(s.backbones), str(s.n)]
+            row += [_pm(s, m) for m in metrics]
+            row += [_pm(s, "train_time_s", 1), _pm(s, "eval_time_s", 1)]
+            row += [_pm(s, "peak_memory_mb", 0)]
+            rows.append(row)
+    return _table(header, rows)
+
+
+def _unverified(
+    reference: ReferenceTable | None, methods: Sequence[str], datasets: Sequence[str]
+) -> list[Reported]:
+    if reference is None:
+        return []
+    return [
+        r for m in methods for d in datasets for r in reference.for_cell(m, d) if not r.verified
+    ]

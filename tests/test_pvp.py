@@ -1,0 +1,206 @@
+"""PVP: stage 1 learns pixel prompts that move towards their class's text, the stages run from
+the CLI with a cached stage-1 artifact, and the method passes the conformance checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from mlr_bench import testing
+from mlr_bench.cli import MLRTrainer, run_cli
+from mlr_bench.clip.prompts import hand_prompt_embeddings
+from mlr_bench.methods.pvp import ARTIFACT_NAME, PVPArtifactError, load_prompts
+
+#: Short stages on the small world; sentences labelled by the labeler, as PVP does.
+PVP_ARGS = [
+    "--method.pretrain_epochs",
+    "2",
+    "--method.pretrain_template_copies",
+    "2",
+    "--method.template_copies",
+    "2",
+    "--method.pretrain_text_source",
+    "parsed_sentences",
+    "--method.text_source",
+    "parsed_sentences",
+]
+QUIET = testing.QUIET
+
+
+def _trainer(root: Path, **kwargs) -> MLRTrainer:
+    return testing._trainer(root, **kwargs)
+
+
+def _fixed_batch(model, datamodule, n: int = 256) -> dict[str, torch.Tensor]:
+    datamodule.attach(model)
+    dataset = datamodule.train_dataset("text")
+    return next(iter(DataLoader(Subset(dataset, range(n)), batch_size=n)))
+
+
+def _alignment(model) -> tuple[float, float]:
+    """Mean cosine of each class's global PVP with its own class text, and with the others."""
+    text = hand_prompt_embeddings(model.backbone, model.class_names, "single")
+    with torch.no_grad():
+        pvp, _ = model.encode_pvps()
+    sim = pvp @ text.T
+    own = sim.diagonal().mean().item()
+    others = (sim.sum() - sim.diagonal().sum()).item() / (sim.numel() - len(sim))
+    return own, others
+
+
+def test_stage1_lowers_its_loss_and_moves_pvps_towards_their_class_text(tmp_path):
+    model, datamodule = testing.build_from_cli(
+        "pvp", method_args=[*PVP_ARGS, "--method.stage", "pretrain"]
+    )
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"pvp_global", "pvp_local"}, "stage 1 trains the pixel prompts only"
+    batch = _fixed_batch(model, datamodule)
+    model.noise_std = 0.0  # a deterministic measurement
+    with torch.no_grad():
+        loss_before = model.losses(batch)[0].item()
+    own_before, others_before = _alignment(model)
+    model.noise_std = 0.04
+
+    _trainer(tmp_path, max_epochs=3, limit_val_batches=0).fit(model, datamodule=datamodule)
+
+    model.noise_std = 0.0
+    with torch.no_grad():
+        loss_after = model.losses(batch)[0].item()
+    own_after, others_after = _alignment(model)
+    assert loss_after < 0.8 * loss_before, (loss_before, loss_after)
+    assert own_after > own_before + 0.05, (own_before, own_after)
+    assert own_after - others_after > own_before - others_before + 0.05
+    artifact = next(tmp_path.rglob(ARTIFACT_NAME))
+    saved = load_prompts(artifact)
+    assert torch.equal(saved["pvp_global"], model.pvp_global.detach())
+
+
+def test_stage2_trains_prompts_pvps_and_adapters_only():
+    model, _ = testing.build_from_cli("pvp", method_args=[*PVP_ARGS, "--method.stage", "finetune"])
+    trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {
+        "pvp_global",
+        "pvp_local",
+        "ctx_global",
+        "ctx_local",
+        "text_adapter",
+        "image_adapter",
+    }
+
+
+def test_reference_quirks_are_parameters():
+    model, datamodule = testing.build_from_cli(
+        "pvp", method_args=[*PVP_ARGS, "--method.stage", "finetune"]
+    )
+    raw = model.backbone.clip.logit_scale.item()
+    assert model.contrastive_temperature() == pytest.approx(raw)
+    model.contrastive_scale = "exp"
+    assert model.contrastive_temperature() == pytest.approx(torch.tensor(raw).exp().item())
+    model.contrastive_scale = 2.5
+    assert model.contrastive_temperature() == 2.5
+    model.eval()
+    batch = testing._first_test_batch(model, datamodule)
+    with torch.no_grad():
+        swapped = model.score(batch)
+        model.swap_test_spatial_scales = False
+        unswapped = model.score(batch)
+        model.append_global_token = False
+        no_global_token = model.score(batch)
+    assert not torch.allclose(swapped, unswapped)
+    assert not torch.allclose(unswapped, no_global_token)
+
+
+def test_adapter_mixes_the_feature_residually():
+    from mlr_bench.methods.pvp import ResidualAdapter
+
+    adapter = ResidualAdapter(8, ratio=1.0).eval()
+    x = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    assert torch.allclose(adapter(x), x, atol=1e-6), "ratio 1 keeps CLIP's feature unchanged"
+
+
+def test_stage2_without_prompts_says_how_to_get_them(tmp_path):
+    model, datamodule = testing.build_from_cli(
+        "pvp", method_args=[*PVP_ARGS, "--method.stage", "finetune"]
+    )
+    with pytest.raises(PVPArtifactError, match=r"--method\.pretrained_prompts"):
+        _trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(model, datamodule=datamodule)
+    bad = tmp_path / "bad.safetensors"
+    bad.write_text("not tensors")
+    with pytest.raises(PVPArtifactError, match="pvp_global"):
+        load_prompts(bad)
+    with pytest.raises(PVPArtifactError, match="no pvp_prompts"):
+        load_prompts(tmp_path)
+
+
+def _train(root: Path, *extra: str) -> dict:
+    run_cli(
+        [
+            "train",
+            "--method",
+            "pvp",
+            *PVP_ARGS,
+            *testing.SMALL_WORLD,
+            *QUIET,
+            "--seed_everything",
+            "3",
+            "--trainer.max_epochs",
+            "2",
+            "--trainer.default_root_dir",
+            str(root),
+            *extra,
+        ]
+    )
+    return json.loads(next(root.rglob("results_test.json")).read_text())["metrics"]
+
+
+@pytest.mark.slow
+def test_both_stages_from_the_cli_cache_stage1_and_reload_it(tmp_path, capsys):
+    first = _train(tmp_path / "first")
+    assert "prompts saved" in capsys.readouterr().out
+    stage1_dir = next((tmp_path / "first").rglob(ARTIFACT_NAME)).parent
+    second = _train(tmp_path / "second")
+    assert "reusing cached prompts" in capsys.readouterr().out
+    assert not list((tmp_path / "second").rglob(ARTIFACT_NAME)), "stage 1 ran again"
+    assert first == second, "a cached stage 1 must give the same stage 2 as a fresh one"
+    from_dir = _train(
+        tmp_path / "third",
+        "--method.stage",
+        "finetune",
+        "--method.pretrained_prompts",
+        str(stage1_dir),
+    )
+    assert from_dir == first
+
+
+@pytest.mark.slow
+def test_pvp_conforms_including_two_process_ddp(tmp_path):
+    testing.check_method("pvp", tmp_path, method_args=PVP_ARGS)
+
+
+@pytest.mark.slow
+def test_plain_ddp_runs_both_stages(tmp_path):
+    """Plain ``ddp`` (not spawn) re-launches the command: every trainable parameter of each
+    stage must get a gradient every step, or DDP's reducer fails."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    env["MLR_BENCH_CACHE"] = str(tmp_path / "cache")
+    args = ["fit", "--method", "pvp", *PVP_ARGS, *testing.SMALL_WORLD, *QUIET]
+    ddp = ["--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.devices", "2"]
+    root = ["--trainer.max_epochs", "1", "--trainer.default_root_dir", str(tmp_path / "runs")]
+    console_script = str(Path(sys.executable).with_name("mlr-bench"))  # ddp re-runs argv
+    done = subprocess.run(
+        [console_script, *args, *ddp, *root],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert list((tmp_path / "runs").rglob(ARTIFACT_NAME)), "stage 1 saved no prompts"
+    assert list((tmp_path / "runs").rglob("last.ckpt")), "stage 2 saved no checkpoint"
