@@ -24,9 +24,14 @@ ENTRY_FORMAT = (
     '"seed": int, "file": "images/<caption_id>_<k>.<ext>", "generator": str}'
 )
 _FIELDS: dict[str, type | tuple[type, ...]] = {
-    "caption_id": str, "k": int, "text": str, "labels": list, "seed": int, "file": str,
+    "caption_id": str,
+    "k": int,
+    "text": str,
+    "labels": list,
+    "seed": int,
+    "file": str,
     "generator": str,
-}  # fmt: skip
+}
 
 
 class ManifestError(GenerationError):
@@ -41,9 +46,11 @@ def manifest_files(folder: Path) -> list[Path]:
     """The merged manifest first, then the rank manifests in rank order."""
     ranks = sorted(
         folder.glob("manifest.rank*.jsonl"),
-        key=lambda p: int(p.name[len("manifest.rank") : -len(".jsonl")] or 0)
-        if p.name[len("manifest.rank") : -len(".jsonl")].isdigit()
-        else 1 << 30,
+        key=lambda p: (
+            int(p.name[len("manifest.rank") : -len(".jsonl")] or 0)
+            if p.name[len("manifest.rank") : -len(".jsonl")].isdigit()
+            else 1 << 30
+        ),
     )
     main = folder / MANIFEST
     return ([main] if main.is_file() else []) + ranks
@@ -110,9 +117,7 @@ def sort_key(image: GeneratedImage) -> tuple[int, int, str, int]:
     return (0, int(cid), cid, image.k) if cid.isdigit() else (1, 0, cid, image.k)
 
 
-def load_entries(
-    folder: Path, check_files: bool = False
-) -> dict[tuple[str, int], GeneratedImage]:
+def load_entries(folder: Path, check_files: bool = False) -> dict[tuple[str, int], GeneratedImage]:
     """All entries of all manifests, keyed by ``(caption_id, k)``; contradictions fail."""
     found: dict[tuple[str, int], tuple[GeneratedImage, str]] = {}
     for path in manifest_files(folder):
@@ -142,8 +147,10 @@ def read_manifest(folder: str | Path) -> list[GeneratedImage]:
     """
     folder = Path(folder).expanduser()
     if not folder.is_dir():
-        raise ManifestError(f"{folder}: no such folder; expected an output folder of "
-                            "`mlr-bench generate` (settings.json, images/, manifest.jsonl)")  # fmt: skip
+        raise ManifestError(
+            f"{folder}: no such folder; expected an output folder of `mlr-bench generate` "
+            "(settings.json, images/, manifest.jsonl)"
+        )
     if not (folder / SETTINGS).is_file() and not manifest_files(folder):
         raise ManifestError(
             f"{folder}: no settings.json or manifest.jsonl; expected an output folder of "

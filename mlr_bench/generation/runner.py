@@ -54,9 +54,12 @@ def detect_rank() -> tuple[int, int]:
 
 
 def _check_request(
-    captions: Sequence[CaptionItem], images_per_caption: int, batch_size: int, rank: int,
+    captions: Sequence[CaptionItem],
+    images_per_caption: int,
+    batch_size: int,
+    rank: int,
     world_size: int,
-) -> None:  # fmt: skip
+) -> None:
     if images_per_caption < 1 or batch_size < 1:
         raise GenerationError(
             f"images_per_caption and batch_size must be >= 1, not {images_per_caption} and "
@@ -143,9 +146,7 @@ def write_image(path: Path, data: bytes, rank: int, durable: bool) -> None:
         raise
 
 
-def _expected(
-    item: CaptionItem, k: int, folder: Path, generator: TextToImage
-) -> GeneratedImage:
+def _expected(item: CaptionItem, k: int, folder: Path, generator: TextToImage) -> GeneratedImage:
     return GeneratedImage(
         caption_id=item.caption_id,
         k=k,
@@ -175,7 +176,8 @@ def _consolidate(folder: Path, wanted: dict[tuple[str, int], GeneratedImage]) ->
     if not all(key in done for key in wanted):
         return
     with contextlib.suppress(GenerationError), _exclusive(folder, MANIFEST):
-        lines = b"".join(encode_line(entry(im, folder)) for im in sorted(done.values(), key=sort_key))
+        ordered = sorted(done.values(), key=sort_key)
+        lines = b"".join(encode_line(entry(image, folder)) for image in ordered)
         atomic_write_text(folder / MANIFEST, lines.decode())
 
 
@@ -243,8 +245,14 @@ def _run_batches(
 
     total = sum(len(b) for b in batches)
     finished = sum(key(j) in done for b in batches for j in b)
-    bar = tqdm(total=total, initial=finished, unit="img", disable=not progress or total == 0,
-               desc=f"generate [{generator.id}] rank {rank}", dynamic_ncols=True)  # fmt: skip
+    bar = tqdm(
+        total=total,
+        initial=finished,
+        unit="img",
+        disable=not progress or total == 0,
+        desc=f"generate [{generator.id}] rank {rank}",
+        dynamic_ncols=True,
+    )
     with bar, open(manifest, "ab") as log:
         for batch in batches:
             if all(key(j) in done for j in batch):

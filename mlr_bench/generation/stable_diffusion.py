@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,15 @@ from PIL import Image
 
 from mlr_bench.generation.base import GenerationError, TextToImage, check_image_format
 
-DTYPES = {"float16": "float16", "fp16": "float16", "half": "float16", "bfloat16": "bfloat16",
-          "bf16": "bfloat16", "float32": "float32", "fp32": "float32"}  # fmt: skip
+DTYPES = {
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float32": "float32",
+    "fp32": "float32",
+}
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
 HOW_TO_PROVIDE = (
     "pass --model a local diffusers folder (one holding model_index.json, e.g. made with "
@@ -112,8 +120,9 @@ class DiffusersTextToImage(TextToImage):
         jpeg_quality: int = 95,
     ) -> None:
         if height % 8 or width % 8 or height <= 0 or width <= 0:
-            raise GenerationError(f"height and width must be positive multiples of 8, not "
-                                  f"{height}x{width}")  # fmt: skip
+            raise GenerationError(
+                f"height and width must be positive multiples of 8, not {height}x{width}"
+            )
         if steps < 1:
             raise GenerationError(f"steps must be at least 1, not {steps}")
         self.folder, self.model_name = resolve_model(model)
@@ -151,14 +160,16 @@ class DiffusersTextToImage(TextToImage):
             import torch
             from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
-            pipe = StableDiffusionPipeline.from_pretrained(
-                self.folder,
-                torch_dtype=getattr(torch, self.dtype),
-                safety_checker=None,
-                feature_extractor=None,
-                requires_safety_checker=False,
-                local_files_only=True,
-            )
+            with warnings.catch_warnings():  # newer diffusers renamed torch_dtype to dtype
+                warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+                pipe = StableDiffusionPipeline.from_pretrained(
+                    self.folder,
+                    torch_dtype=getattr(torch, self.dtype),
+                    safety_checker=None,
+                    feature_extractor=None,
+                    requires_safety_checker=False,
+                    local_files_only=True,
+                )
             pipe.scheduler = DPMSolverMultistepScheduler.from_config(
                 pipe.scheduler.config, algorithm_type="dpmsolver++", solver_order=2
             )

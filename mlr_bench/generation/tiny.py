@@ -26,7 +26,8 @@ def clip_tokenizer(model_max_length: int = 77) -> Any:
     vocab = dict(SimpleTokenizer().encoder)
     vocab["<|startoftext|>"] = vocab.pop("<start_of_text>")
     vocab["<|endoftext|>"] = vocab.pop("<end_of_text>")
-    lines = gzip.open(default_bpe()).read().decode("utf-8").split("\n")
+    with gzip.open(default_bpe()) as f:
+        lines = f.read().decode("utf-8").split("\n")
     merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]]
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
 

@@ -1,0 +1,216 @@
+"""``mlr-bench generate``: text-to-image training images from a caption file or a datamodule.
+
+Caption sources: a JSON-lines file ``{"id", "text", "labels"}``, a COCO captions json
+(``captions_train2017.json``; labels parsed with ``--data``'s synonym table, ids = annotation
+ids), or ``--data world`` alone (the world's caption corpus; ids = corpus index).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mlr_bench.errors import MLRBenchError
+from mlr_bench.generation.base import CaptionItem, GenerationError, TextToImage
+
+PROG = "mlr-bench generate"
+JSONL_FORMAT = 'JSON lines, each {"id": str or int, "text": str, "labels": [class names]}'
+COCO_FORMAT = 'a COCO captions json {"annotations": [{"id": int, "caption": str}, ...]}'
+DATASETS = ("world", "voc2007", "coco2014", "nuswide")
+
+
+class CaptionFileError(GenerationError):
+    """A caption file, or one line in it, is not in an expected format."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Generate training images from captions (resumable, shardable). Output: "
+        "OUT/<generator>-<hash of settings>/ with settings.json, images/ and manifest.jsonl.",
+    )
+    p.add_argument("--generator", required=True, choices=("world", "diffusers"))
+    p.add_argument("--model", help="diffusers pipeline folder or cached hub id (diffusers)")
+    p.add_argument(
+        "--captions", help=f"caption file: .jsonl ({JSONL_FORMAT}) or .json ({COCO_FORMAT})"
+    )
+    p.add_argument(
+        "--data",
+        choices=DATASETS,
+        help="world: its caption corpus (without --captions); others: the synonym "
+        "table that labels a COCO captions file",
+    )
+    p.add_argument("--out", required=True, help="output root folder")
+    p.add_argument("--images-per-caption", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--steps", type=int, default=25, help="sampler steps (diffusers)")
+    p.add_argument("--guidance", type=float, default=7.5, help="CFG scale (diffusers)")
+    p.add_argument("--size", type=int, help="image size in pixels (diffusers 512, world 96)")
+    p.add_argument("--format", default="png", choices=("png", "jpeg"), help="(diffusers)")
+    p.add_argument("--dtype", default="auto", help="auto (fp16 on GPU, fp32 on CPU), float32...")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1...")
+    p.add_argument("--limit", type=int, help="only the first N captions")
+    p.add_argument(
+        "--num-captions",
+        type=int,
+        default=20_000,
+        help="size of the world's caption corpus (--data world)",
+    )
+    p.add_argument(
+        "--one-per-image",
+        action="store_true",
+        help="COCO json: keep each image's lowest-id caption (TaI-DPT)",
+    )
+    p.add_argument("--rank", type=int, help="this shard (default: RANK or torch.distributed)")
+    p.add_argument("--world-size", type=int, help="number of shards (default: WORLD_SIZE)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def read_caption_jsonl(path: Path) -> list[CaptionItem]:
+    items = []
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}, line {number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise CaptionFileError(
+                    f"{where}: invalid JSON ({exc.msg}); expected {JSONL_FORMAT}"
+                ) from None
+            cid = record.get("id") if isinstance(record, dict) else None
+            text = record.get("text") if isinstance(record, dict) else None
+            labels = record.get("labels", []) if isinstance(record, dict) else None
+            if isinstance(cid, int) and not isinstance(cid, bool):
+                cid = str(cid)
+            if (
+                not isinstance(cid, str)
+                or not isinstance(text, str)
+                or not isinstance(labels, list)
+                or not all(isinstance(x, str) for x in labels)
+            ):
+                raise CaptionFileError(
+                    f'{where}: missing or bad "id", "text" or "labels"; expected {JSONL_FORMAT}'
+                )
+            items.append(CaptionItem(cid, text, tuple(labels)))
+    return items
+
+
+def read_coco_caption_items(path: Path, data: str | None, one_per_image: bool) -> list[CaptionItem]:
+    """COCO captions labelled with ``data``'s synonyms; captions naming no class are dropped."""
+    from mlr_bench.text.labeler import SynonymLabeler
+    from mlr_bench.text.synonyms import synonym_table
+
+    if data is None or data == "world":
+        raise CaptionFileError(
+            f"{path}: a COCO captions file needs --data voc2007|coco2014|nuswide to label it "
+            "(or write JSON lines with labels)"
+        )
+    try:
+        annotations = json.loads(path.read_text(encoding="utf-8")).get("annotations")
+    except (json.JSONDecodeError, AttributeError) as exc:
+        raise CaptionFileError(f"{path}: not {COCO_FORMAT} ({exc})") from None
+    if not isinstance(annotations, list):
+        raise CaptionFileError(f'{path}: no "annotations" list; expected {COCO_FORMAT}')
+    records = []
+    for i, ann in enumerate(annotations, start=1):
+        ok = isinstance(ann, dict) and isinstance(ann.get("caption"), str)
+        if not ok or not isinstance(ann.get("id"), int):
+            raise CaptionFileError(
+                f'{path}, annotation {i}: missing or bad "id" or "caption"; expected {COCO_FORMAT}'
+            )
+        records.append((ann["id"], ann.get("image_id"), ann["caption"].strip()))
+    records.sort(key=lambda r: r[0])
+    if one_per_image:
+        seen: set = set()
+        records = [r for r in records if not (r[1] in seen or seen.add(r[1]))]
+    classes, synonyms = synonym_table(data)
+    labels = SynonymLabeler(classes, synonyms)([r[2] for r in records])
+    return [
+        CaptionItem(str(r[0]), r[2], tuple(classes[c] for c in row.nonzero()[0]))
+        for r, row in zip(records, labels, strict=True)
+        if row.any()
+    ]
+
+
+def world_caption_items(num_captions: int) -> list[CaptionItem]:
+    """The world datamodule's caption corpus, as its T2I-PAL path requests it."""
+    from mlr_bench.datamodules.world import World
+    from mlr_bench.generated_data import caption_items
+    from mlr_bench.world import CLASS_NAMES
+
+    return caption_items(World(num_captions=num_captions).caption_corpus, CLASS_NAMES)
+
+
+def load_captions(args: argparse.Namespace) -> list[CaptionItem]:
+    if args.captions is None:
+        if args.data != "world":
+            raise GenerationError("give --captions FILE, or --data world for the world's captions")
+        items = world_caption_items(args.num_captions)
+    else:
+        path = Path(args.captions).expanduser()
+        if not path.is_file():
+            raise CaptionFileError(
+                f"{path}: no such file; expected .jsonl ({JSONL_FORMAT}) or .json ({COCO_FORMAT})"
+            )
+        if path.suffix.lower() == ".json":
+            items = read_coco_caption_items(path, args.data, args.one_per_image)
+        else:
+            items = read_caption_jsonl(path)
+    if not items:
+        raise GenerationError("no captions to generate from")
+    return items[: args.limit] if args.limit is not None else items
+
+
+def make_generator(args: argparse.Namespace) -> TextToImage:
+    if args.generator == "world":
+        from mlr_bench.generation.world import WorldRenderer
+
+        return WorldRenderer(image_size=args.size or 96)
+    if not args.model:
+        raise GenerationError(
+            "--generator diffusers needs --model: a local diffusers pipeline folder (with "
+            "model_index.json) or a hub id already in the Hugging Face cache"
+        )
+    from mlr_bench.generation.stable_diffusion import DiffusersTextToImage
+
+    size = args.size or 512
+    return DiffusersTextToImage(
+        args.model,
+        height=size,
+        width=size,
+        steps=args.steps,
+        guidance_scale=args.guidance,
+        dtype=args.dtype,
+        device=args.device,
+        image_format=args.format,
+    )
+
+
+def generate_main(argv: list[str]) -> int:
+    """Returns 0, or 2 after one error message the user can act on."""
+    from mlr_bench.generation.runner import generate_images
+
+    args = build_parser().parse_args(argv)
+    try:
+        generator = make_generator(args)
+        items = load_captions(args)
+        folder = generate_images(
+            generator,
+            items,
+            args.out,
+            images_per_caption=args.images_per_caption,
+            batch_size=args.batch_size,
+            rank=args.rank,
+            world_size=args.world_size,
+            progress=not args.no_progress,
+        )
+    except MLRBenchError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    print(folder)
+    return 0
