@@ -1,6 +1,6 @@
 """Run one benchmark cell (``mlr-bench train``) and turn it into a result record.
 
-Used in-process by the runner, or as ``python -m mlr_bench.benchmark.cell`` in a child process
+Used in-process by the runner, or in a child process through ``mlr_bench.benchmark.worker``
 (the default: one cell's crash, leaked memory or Ctrl-C handling cannot touch the others, and
 its peak memory is its own). A cell is done only once ``result.json`` is written, atomically,
 as the very last step; a failure leaves ``error.txt`` instead.
@@ -8,7 +8,6 @@ as the very last step; a failure leaves ``error.txt`` instead.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
@@ -69,6 +68,27 @@ def _cuda_peak_mb() -> float:
 
 
 # ---- one cell ---------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _watch_ctrl_c() -> Iterator[list[bool]]:
+    """Note a Ctrl-C (then raise KeyboardInterrupt as usual), so that a cell stopped by the
+    user is told apart from a failing one; the previous handler is restored afterwards."""
+    pressed: list[bool] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        pressed.append(True)
+        signal.default_int_handler(signum, frame)
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield pressed
+        return
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def run_cell_here(cell: Cell, args: Sequence[str]) -> dict[str, Any] | None:
     """Run ``mlr-bench <args>`` in this process; the cell's record, or None on a DDP rank > 0.
 
@@ -82,14 +102,13 @@ def run_cell_here(cell: Cell, args: Sequence[str]) -> dict[str, Any] | None:
     reset_peak_rss()
     _reset_cuda_peak()
     start = time.perf_counter()
-    try:
-        cli = run_cli(list(args))
-    except SystemExit:
-        if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
-            # Lightning turns Ctrl-C into SystemExit(1) and ignores SIGINT from then on.
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            raise KeyboardInterrupt from None
-        raise
+    with _watch_ctrl_c() as pressed:
+        try:
+            cli = run_cli(list(args))
+        except SystemExit:
+            if pressed:  # Lightning turns Ctrl-C during fit/test into SystemExit(1)
+                raise KeyboardInterrupt from None
+            raise
     trainer = getattr(cli, "trainer", None)
     if trainer is None:
         raise CellError(f"cell {cell.name}: `mlr-bench {args[0]}` did not run a Trainer")
@@ -194,36 +213,3 @@ def run_and_record(cell: Cell, cell_dir: Path, args: Sequence[str]) -> dict[str,
     if record is not None:
         atomic_write_json(cell_dir / RESULT, record)
     return record
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Child-process entry: ``python -m mlr_bench.benchmark.cell DIR METHOD DATA SEED -- ARGS``
-    (stdout and stderr already go to the cell's ``log.txt``)."""
-    parser = argparse.ArgumentParser(prog="python -m mlr_bench.benchmark.cell")
-    parser.add_argument("cell_dir", type=Path)
-    parser.add_argument("method")
-    parser.add_argument("dataset")
-    parser.add_argument("seed", type=int)
-    parser.add_argument("args", nargs=argparse.REMAINDER)
-    ns = parser.parse_args(argv)
-    args = ns.args[1:] if ns.args[:1] == ["--"] else ns.args
-    from mlr_bench.cli import _quiet_known_warnings
-
-    _quiet_known_warnings()
-    cell = Cell(ns.method, ns.dataset, ns.seed)
-    try:
-        record = run_cell_here(cell, args)
-    except KeyboardInterrupt:
-        return 130
-    except BaseException as exc:  # our stdout/stderr are the cell's log: flush, then quote it
-        sys.stdout.flush()
-        sys.stderr.flush()
-        atomic_write_text(ns.cell_dir / ERROR, describe_failure(cell, exc, ns.cell_dir / LOG))
-        return 1
-    if record is not None:
-        atomic_write_json(ns.cell_dir / RESULT, record)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

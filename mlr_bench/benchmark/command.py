@@ -178,15 +178,23 @@ def benchmark_main(argv: Sequence[str]) -> int:
         max_epochs=args.max_epochs,
         logger=args.logger,
     )
-    result = run_benchmark(
-        mx.resolve_names("method", args.methods),
-        mx.resolve_names("data", args.data),
-        mx.parse_seeds(args.seeds),
-        args.out,
-        settings,
-        args.isolation,
-        args.name,
-    )
+    try:
+        result = run_benchmark(
+            mx.resolve_names("method", args.methods),
+            mx.resolve_names("data", args.data),
+            mx.parse_seeds(args.seeds),
+            args.out,
+            settings,
+            args.isolation,
+            args.name,
+        )
+    except KeyboardInterrupt:
+        print(
+            f"\nmlr-bench benchmark: interrupted. Finished cells are kept in {args.out}; "
+            "run the same command again to resume.",
+            file=sys.stderr,
+        )
+        return 130
     print()
     print(result.leaderboard)
     print("files:")

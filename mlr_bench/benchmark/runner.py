@@ -54,8 +54,8 @@ def run_in_process(cell: Cell, cell_dir: Path, args: Sequence[str]) -> None:
 
 
 def run_in_subprocess(cell: Cell, cell_dir: Path, args: Sequence[str]) -> None:
-    """``python -m mlr_bench.benchmark.cell`` with output to the cell's ``log.txt``."""
-    command = [sys.executable, "-m", "mlr_bench.benchmark.cell", str(cell_dir)]
+    """``python -m mlr_bench.benchmark.worker`` with output to the cell's ``log.txt``."""
+    command = [sys.executable, "-m", "mlr_bench.benchmark.worker", str(cell_dir)]
     command += [cell.method, cell.dataset, str(cell.seed), "--", *args]
     log_file = cell_dir / LOG
     with log_file.open("a", encoding="utf-8") as log:
