@@ -279,9 +279,10 @@ class OfficialDataModule(MLRDataModule):
             name = type(self).__name__.lower()
             raise GeneratedDataError(
                 f"{type(self).__name__}: this method trains on generated images, so it needs "
-                f"--data.generated_dir: first run `mlr-bench generate --data {name} ...` "
-                "(images from this dataset's captions; see `mlr-bench generate --help`), then "
-                "pass its output folder as --data.generated_dir"
+                "--data.generated_dir. Generate them first (a long, resumable GPU step): "
+                f"`mlr-bench generate --generator diffusers --model <Stable Diffusion folder> "
+                f"--captions <the captions file> --data {name} --out <root>`, then pass the "
+                "output folder it creates (<root>/<generator>-<hash>) as --data.generated_dir"
             )
         return Path(self.generated_dir).expanduser()
 

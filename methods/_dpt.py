@@ -54,10 +54,16 @@ class DoublePromptMixin:
         return self._eval_prompts or self.class_prompts()
 
     def branch_scores(
-        self, global_: Tensor, local: Tensor, mask: Tensor | None, spatial_scale: float
+        self,
+        global_: Tensor,
+        local: Tensor,
+        mask: Tensor | None,
+        spatial_scale: float,
+        prompts: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Global and local logits of features ``[B, D]`` and ``[B, L, D]`` (tokens/locations)."""
-        t_global, t_local = self.current_prompts()
+        """Global and local logits of features ``[B, D]`` and ``[B, L, D]`` (tokens/locations);
+        ``prompts`` passes class prompts already encoded in this step."""
+        t_global, t_local = prompts or self.current_prompts()
         scale = self.logit_scale
         s_global = scale * global_ @ t_global.T
         s_local = scale * spatial_softmax_pool(local @ t_local.T, spatial_scale, mask)

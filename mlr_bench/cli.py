@@ -356,8 +356,20 @@ def _benchmark(argv: list[str]) -> int:
     return benchmark_main(argv)
 
 
+def _generate(argv: list[str]) -> int:
+    """``mlr-bench generate --generator world|diffusers ...``: text-to-image training images."""
+    from mlr_bench.generation.cli import generate_main
+
+    return generate_main(argv)
+
+
 #: Commands outside LightningCLI: name -> function(argv) returning an exit code.
-EXTRA_COMMANDS = {"prepare": _prepare, "captions": _captions, "benchmark": _benchmark}
+EXTRA_COMMANDS = {
+    "prepare": _prepare,
+    "captions": _captions,
+    "benchmark": _benchmark,
+    "generate": _generate,
+}
 
 
 def _report_plugin_failures() -> None:

@@ -105,10 +105,30 @@ def test_ablation_switches_change_the_model_as_documented():
     # the training data each setting asks for; captions only trains no head parameter
     assert T2IPAL(class_names=CLASS_NAMES).requires == {TEXT, GENERATED_IMAGES}
     assert T2IPAL(class_names=CLASS_NAMES, train_on="images").requires == {GENERATED_IMAGES}
-    captions = T2IPAL(class_names=CLASS_NAMES, train_on="captions")
+    captions = T2IPAL(class_names=CLASS_NAMES, train_on="captions", captions_through_head=False)
     assert captions.requires == {TEXT}
     trainable = {n for n, p in captions.named_parameters() if p.requires_grad}
     assert trainable == {"ctx_global", "ctx_local"}
+    whole = T2IPAL(class_names=CLASS_NAMES, train_on="captions", captions_through_head=True)
+    assert {n for n, p in whole.named_parameters() if p.requires_grad} > trainable
+
+
+def test_captions_through_the_head_mask_padding_tokens():
+    torch.manual_seed(0)
+    model = T2IPAL(class_names=CLASS_NAMES, captions_through_head=True)
+    text = _features(locations=12)
+    mask = torch.ones(3, 12, dtype=torch.bool)
+    mask[:, 7:] = False
+    with torch.no_grad():
+        heat = model.heatmap(text["dense"], mask=mask, spatial_scale=50.0)
+        scores = model.image_scores(text["global"], text["dense"], None, mask, 50.0)
+        changed = text["dense"].clone()
+        changed[:, 7:] = -changed[:, 7:]  # padding must not matter
+        again = model.image_scores(text["global"], changed, None, mask, 50.0)
+    torch.testing.assert_close(heat.sum(-1), torch.ones(3, len(CLASS_NAMES)))
+    assert (heat[..., 7:] == 0).all()
+    for a, b in zip(scores, again, strict=True):
+        torch.testing.assert_close(a, b)
 
 
 def test_caption_branch_is_taidpt():
@@ -163,7 +183,8 @@ def test_unknown_manifest_label_is_a_clear_error(tmp_path):
 def test_missing_generated_dir_says_which_command_to_run(tmp_path):
     dm = VOC2007(root=str(tmp_path))
     dm.attach(T2IPAL(class_names=dm.class_names, train_on="images"))
-    with pytest.raises(GeneratedDataError, match="mlr-bench generate --data voc2007"):
+    command = r"mlr-bench generate --generator diffusers .* --data voc2007"
+    with pytest.raises(GeneratedDataError, match=command):
         dm.train_dataloader()
     dm = VOC2007(root=str(tmp_path), generated_dir=str(tmp_path / "nowhere"))
     dm.attach(T2IPAL(class_names=dm.class_names, train_on="images"))
