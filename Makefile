@@ -25,7 +25,7 @@ install:
 # {leaderboard.md,results.csv,results.json,plots/}.
 # Resumable: a re-run skips finished cells (delete runs/demo to start over).
 demo: install
-	$(VENV)/bin/mlr-bench benchmark --methods all --data world --seeds 1 --out runs/demo --max-epochs 5
+	$(VENV)/bin/mlr-bench benchmark --methods all --data world --seeds 1 --out runs/demo
 
 test: install
 	$(PY) -m pytest -q

@@ -18,6 +18,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +29,14 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "experiment"
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
 
-def run_once(method: str, seed: int, root: Path) -> dict:
-    config = ["--config", str(CONFIGS / f"{method}_world.yaml"), "--seed_everything", str(seed)]
-    run_root = root / f"{method}-seed{seed}"
+def run_once(
+    method: str, seed: int, root: Path, recipe: str | None = None, extra: Sequence[str] = ()
+) -> dict:
+    """Fit ``configs/experiment/<recipe>.yaml`` (default ``<method>_world``) plus ``extra``
+    arguments, test the checkpoint selected on validation, return the test metrics."""
+    recipe_file = CONFIGS / f"{recipe or method + '_world'}.yaml"
+    config = ["--config", str(recipe_file), *extra, "--seed_everything", str(seed)]
+    run_root = root / f"{method.replace(' ', '_').replace('/', '')}-seed{seed}"
     start = time.perf_counter()
     run_cli(["fit", *config, *QUIET, "--trainer.default_root_dir", str(run_root / "fit")])
     fit_seconds = time.perf_counter() - start

@@ -21,15 +21,10 @@ import argparse
 import json
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-
-from mlr_bench.cli import run_cli
-
-CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "experiment"
-QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+from methods_world import run_once  # the same fit + test protocol as the Methods I table
 
 #: row name -> (recipe, extra CLI arguments)
 MAIN = {
@@ -42,19 +37,6 @@ ABLATIONS = {
     "T2I-PAL w/o heatmap+prototypes": ("t2ipal_world", ["--method.local_head", "prompt"]),
     "T2I-PAL w/o adapter": ("t2ipal_world", ["--method.adapter", "false"]),
 }
-
-
-def run_once(name: str, recipe: str, extra: list[str], seed: int, root: Path) -> dict:
-    config = ["--config", str(CONFIGS / f"{recipe}.yaml"), *extra, "--seed_everything", str(seed)]
-    run_root = root / f"{name.replace(' ', '_').replace('/', '')}-seed{seed}"
-    start = time.perf_counter()
-    run_cli(["fit", *config, *QUIET, "--trainer.default_root_dir", str(run_root / "fit")])
-    fit_seconds = time.perf_counter() - start
-    best = sorted((run_root / "fit").rglob("best-*.ckpt")) or sorted(run_root.rglob("last.ckpt"))
-    test_args = ["--ckpt_path", str(best[-1])] if best else []
-    run_cli(["test", *config, *QUIET, *test_args, "--trainer.default_root_dir", str(run_root)])
-    results = json.loads(next(run_root.glob("**/results_test.json")).read_text())
-    return {"seed": seed, "fit_seconds": fit_seconds, **results["metrics"]}
 
 
 def summary(runs: list[dict]) -> dict[str, tuple[float, float]]:
@@ -92,7 +74,7 @@ def main() -> None:
     for group, rows in chosen.items():
         tables[group] = {}
         for name, (recipe, extra) in rows.items():
-            runs = [run_once(name, recipe, extra, seed, root) for seed in seeds]
+            runs = [run_once(name, seed, root, recipe, extra) for seed in seeds]
             tables[group][name] = {"runs": runs, "summary": summary(runs)}
     head = f"synthetic world, bundled micro-CLIP, seeds {seeds}"
     if "main" in tables:

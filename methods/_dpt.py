@@ -9,15 +9,15 @@ identically and T2I-PAL's "TaI branch" is TaI-DPT, not a look-alike.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from mlr_bench.clip import CLIPBackbone
 from mlr_bench.clip.prompts import PromptEncoder, init_context, spatial_softmax_pool
+from mlr_bench.method import EvalConstantsMixin
 from mlr_bench.text.corpus import TextRequest
 
 
-class DoublePromptMixin:
+class DoublePromptMixin(EvalConstantsMixin):
     """Global/local generic prompt contexts for a :class:`~mlr_bench.method.MLRMethod`.
 
     The host sets ``backbone``, ``class_names``, ``logit_scale``, ``text_source`` and
@@ -38,7 +38,6 @@ class DoublePromptMixin:
         self.prompts = (
             PromptEncoder(self.backbone, self.class_names, n_ctx) if self.class_names else None
         )
-        self._eval_prompts: tuple[Tensor, Tensor] | None = None
 
     def text_request(self) -> TextRequest:
         return TextRequest(self.text_source, self.template_copies)
@@ -49,9 +48,12 @@ class DoublePromptMixin:
             raise RuntimeError(f"{type(self).__name__} needs class_names (linked from the data)")
         return self.prompts(self.ctx_global), self.prompts(self.ctx_local)
 
+    def eval_constants(self) -> tuple[Tensor, Tensor]:
+        return self.class_prompts()
+
     def current_prompts(self) -> tuple[Tensor, Tensor]:
         """The prompts frozen for this evaluation epoch, else freshly encoded (training)."""
-        return self._eval_prompts or self.class_prompts()
+        return self.current_eval_constants()
 
     def branch_scores(
         self,
@@ -68,14 +70,3 @@ class DoublePromptMixin:
         s_global = scale * global_ @ t_global.T
         s_local = scale * spatial_softmax_pool(local @ t_local.T, spatial_scale, mask)
         return s_global, s_local
-
-    # The prompts do not change during evaluation: encode them once per evaluation epoch.
-    def _freeze_prompts(self) -> None:
-        with torch.no_grad():
-            self._eval_prompts = self.class_prompts()
-
-    def _release_prompts(self) -> None:
-        self._eval_prompts = None
-
-    on_validation_epoch_start = on_test_epoch_start = on_predict_epoch_start = _freeze_prompts
-    on_validation_epoch_end = on_test_epoch_end = on_predict_epoch_end = _release_prompts

@@ -40,7 +40,7 @@ from mlr_bench.features.keys import backbone_key
 from mlr_bench.features.store import digest
 from mlr_bench.features.text import corpus_hash
 from mlr_bench.losses import ranking_loss
-from mlr_bench.method import FeatureMethod
+from mlr_bench.method import EvalConstantsMixin, FeatureMethod
 from mlr_bench.runs import run_dir
 from mlr_bench.schedules import warmup_cosine
 from mlr_bench.stages import PriorStage, trainer_limits
@@ -138,7 +138,7 @@ def load_prompts(path: str | Path) -> dict[str, Tensor]:
         ) from exc
 
 
-class PVP(FeatureMethod):
+class PVP(EvalConstantsMixin, FeatureMethod):
     """Pseudo visual prompts + generic text prompts + dual adapters (two training stages)."""
 
     requires: ClassVar[frozenset[str]] = frozenset({TEXT})
@@ -260,7 +260,6 @@ class PVP(FeatureMethod):
             self.ctx_global.requires_grad_(False)
             self.ctx_local.requires_grad_(False)
         self._artifact: Path | None = None
-        self._eval_prototypes: dict[str, Tensor] | None = None
 
     # ---- data ----------------------------------------------------------------------------
     def text_request(self) -> TextRequest:
@@ -449,8 +448,11 @@ class PVP(FeatureMethod):
         return 0.5 * (t2p + p2t)
 
     # ---- inference -----------------------------------------------------------------------
+    def eval_constants(self) -> dict[str, Tensor]:
+        return self.class_prototypes()
+
     def score_features(self, batch: FeatureBatch) -> Tensor:
-        protos = self._eval_prototypes or self.class_prototypes()
+        protos = self.current_eval_constants()
         pooled = batch["global_no_pos"] if self.global_pool == "no_pos" else batch["global"]
         pooled = pooled.float()
         dense = batch["dense"].float()
@@ -471,17 +473,6 @@ class PVP(FeatureMethod):
             + scale * adapted @ protos["pvp_g"].T
             + self._local(dense, protos["pvp_l"], pvp_scale, None)
         )
-
-    # The prototypes do not change during evaluation: encode them once per evaluation epoch.
-    def _freeze_prototypes(self) -> None:
-        with torch.no_grad():
-            self._eval_prototypes = self.class_prototypes()
-
-    def _release_prototypes(self) -> None:
-        self._eval_prototypes = None
-
-    on_validation_epoch_start = on_test_epoch_start = on_predict_epoch_start = _freeze_prototypes
-    on_validation_epoch_end = on_test_epoch_end = on_predict_epoch_end = _release_prototypes
 
     def configure_optimizers(self) -> dict[str, Any]:
         sgd = {"momentum": self.momentum, "weight_decay": self.weight_decay}

@@ -168,6 +168,32 @@ class FeatureMethod(MLRMethod):
         raise NotImplementedError(f"{type(self).__name__} must implement score_features(batch)")
 
 
+class EvalConstantsMixin:
+    """Class-side tensors (encoded prompts, prototypes) do not change during an evaluation
+    epoch: compute them once at its start (``eval_constants``) and drop them at its end.
+    In training, :meth:`current_eval_constants` encodes them afresh, with gradients."""
+
+    _eval_constants: Any = None
+
+    def eval_constants(self) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must implement eval_constants()")
+
+    def current_eval_constants(self) -> Any:
+        cached = self._eval_constants
+        return cached if cached is not None else self.eval_constants()
+
+    def _compute_eval_constants(self) -> None:
+        with torch.no_grad():
+            self._eval_constants = self.eval_constants()
+
+    def _drop_eval_constants(self) -> None:
+        self._eval_constants = None
+
+    on_validation_epoch_start = _compute_eval_constants
+    on_test_epoch_start = on_predict_epoch_start = _compute_eval_constants
+    on_validation_epoch_end = on_test_epoch_end = on_predict_epoch_end = _drop_eval_constants
+
+
 def freeze(module: torch.nn.Module) -> torch.nn.Module:
     """Put a module in eval mode with ``requires_grad=False`` on all its weights."""
     module.eval()
