@@ -114,8 +114,9 @@ def test_adapter_mixes_the_feature_residually():
 
 
 def test_stage2_without_prompts_says_how_to_get_them(tmp_path):
+    fresh_cache = [*testing.SMALL_WORLD, "--data.cache_dir", str(tmp_path / "cache")]
     model, datamodule = testing.build_from_cli(
-        "pvp", method_args=[*PVP_ARGS, "--method.stage", "finetune"]
+        "pvp", fresh_cache, [*PVP_ARGS, "--method.stage", "finetune"]
     )
     with pytest.raises(PVPArtifactError, match=r"--method\.pretrained_prompts"):
         _trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(model, datamodule=datamodule)

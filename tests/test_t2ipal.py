@@ -192,17 +192,7 @@ def test_missing_generated_dir_says_which_command_to_run(tmp_path):
         dm.generated_cache()
 
 
-def test_t2ipal_conforms(tmp_path):
-    model, datamodule = testing.build_from_cli("t2ipal", SMALL_WORLD)
-    testing.check_training_step(model, datamodule, tmp_path / "step")
-    testing.check_scores(model, datamodule)
-    testing.check_checkpoint_roundtrip(model, datamodule, tmp_path / "ckpt")
-
-
-@pytest.mark.slow
-def test_t2ipal_works_under_two_process_ddp(tmp_path):
-    metrics = testing.check_ddp_matches_single_process("t2ipal", tmp_path, SMALL_WORLD)
-    assert 0 <= metrics["mAP"] <= 100
+# Conformance (including 2-process DDP) runs in tests/test_conformance.py for every built-in.
 
 
 TRAIN_WORLD = [
