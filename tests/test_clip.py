@@ -119,3 +119,25 @@ def test_local_weights_file_roundtrip(tmp_path):
     loaded = CLIPBackbone("mlr-tiny-vit", str(path))
     assert float(loaded.clip.logit_scale) == 3.0
     assert torch.allclose(loaded.encode_image(images()), source.encode_image(images()))
+
+
+def test_openai_tags_get_the_activation_they_were_trained_with(monkeypatch):
+    """OpenAI weights were trained with QuickGELU; open_clip's plain configs use GELU and only
+    warn, so the backbone must force QuickGELU for such tags (and only for them)."""
+    from mlr_bench.clip import backbone
+
+    assert backbone.tag_wants_quick_gelu("RN50", "openai")
+    assert backbone.tag_wants_quick_gelu("ViT-B-16", "openai")
+    assert not backbone.tag_wants_quick_gelu("mlr-tiny-rn", None)
+    assert not backbone.tag_wants_quick_gelu("RN50", "/weights/rn50.safetensors")
+    seen = {}
+    real = backbone.open_clip.create_model_and_transforms
+
+    def spy(model, pretrained=None, **kwargs):
+        seen[model] = kwargs.get("force_quick_gelu")
+        return real("mlr-tiny-rn", pretrained=None)
+
+    monkeypatch.setattr(backbone.open_clip, "create_model_and_transforms", spy)
+    backbone.create_clip("RN50", "openai")
+    backbone.create_clip("mlr-tiny-rn", None)
+    assert seen == {"RN50": True, "mlr-tiny-rn": False}

@@ -67,6 +67,18 @@ def bundled_weights(model: str) -> Path:
     return path
 
 
+def tag_wants_quick_gelu(model: str, pretrained: str | None) -> bool:
+    """Whether a pretrained *tag* was trained with QuickGELU (all OpenAI CLIP weights were).
+
+    open_clip's plain ``RN50``/``ViT-B-16`` configs use GELU and only warn on the mismatch, which
+    would silently run OpenAI weights with the wrong activation; for local weight files, pick a
+    ``-quickgelu`` model name (e.g. ``RN50-quickgelu``) instead.
+    """
+    if not pretrained or _is_local_file(pretrained):
+        return False
+    return bool(open_clip.get_pretrained_cfg(model, pretrained).get("quick_gelu", False))
+
+
 def create_clip(model: str, pretrained: str | None) -> tuple[nn.Module, Callable, Callable]:
     """Build ``(clip_model, tokenizer, eval_preprocess)`` in eval mode, weights frozen.
 
@@ -84,7 +96,9 @@ def create_clip(model: str, pretrained: str | None) -> tuple[nn.Module, Callable
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)
             clip_model, _, preprocess = open_clip.create_model_and_transforms(
-                model, pretrained=pretrained
+                model,
+                pretrained=pretrained,
+                force_quick_gelu=tag_wants_quick_gelu(model, pretrained),
             )
         tokenizer = open_clip.get_tokenizer(model)
     except (RuntimeError, OSError, ValueError) as exc:
