@@ -27,21 +27,20 @@ from torch import Tensor
 from mlr_bench.datamodule import MLRDataModule
 from mlr_bench.method import MLRMethod
 
+
+def world_args(**sizes: int) -> list[str]:
+    """CLI arguments selecting the built-in world with the given sizes (``num_test=60``, ...):
+    tests and plugin test suites build small worlds this way."""
+    args = ["--data", "world"]
+    for name, value in sizes.items():
+        args += [f"--data.{name}", str(value)]
+    return args
+
+
 #: A small world that builds in seconds: the default data of the checks.
-SMALL_WORLD = [
-    "--data",
-    "world",
-    "--data.num_test",
-    "48",
-    "--data.num_val",
-    "24",
-    "--data.num_captions",
-    "256",
-    "--data.num_sentences",
-    "256",
-    "--data.batch_size",
-    "64",
-]
+SMALL_WORLD = world_args(
+    num_test=48, num_val=24, num_captions=256, num_sentences=256, batch_size=64
+)
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
 

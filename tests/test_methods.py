@@ -17,6 +17,7 @@ from mlr_bench.losses import ranking_loss
 from mlr_bench.methods.comc import CoMC
 from mlr_bench.methods.taidpt import TaIDPT
 from mlr_bench.schedules import warmup_cosine_factor
+from mlr_bench.testing import QUIET, world_args
 from mlr_bench.text.corpus import template_corpus
 from mlr_bench.world import CLASS_NAMES
 
@@ -100,22 +101,8 @@ def test_taidpt_scores_use_fixed_scale_and_merge_rate():
 
 
 SMALL = [
-    "--data",
-    "world",
-    "--data.num_test",
-    "300",
-    "--data.num_val",
-    "60",
-    "--data.num_captions",
-    "1500",
-    "--data.num_sentences",
-    "1500",
-    "--data.batch_size",
-    "128",
-    "--trainer.enable_progress_bar",
-    "false",
-    "--trainer.enable_model_summary",
-    "false",
+    *world_args(num_test=300, num_val=60, num_captions=1500, num_sentences=1500, batch_size=128),
+    *QUIET,
 ]
 #: Short schedules for a small world: more lr, fewer epochs than the 20-epoch recipes.
 FAST = {

@@ -20,24 +20,15 @@ from typing import Any
 
 import pytest
 
+from mlr_bench.testing import QUIET, world_args
+
 MLR_BENCH = Path(sys.executable).with_name("mlr-bench")
 TINY_WORLD = [
     "--method",
     "comc",
-    "--data",
-    "world",
-    "--data.num_test",
-    "61",  # odd: DistributedSampler pads a rank with a duplicate the evaluator must drop
-    "--data.num_val",
-    "30",
-    "--data.num_captions",
-    "300",
-    "--data.num_sentences",
-    "200",
-    "--trainer.enable_progress_bar",
-    "false",
-    "--trainer.enable_model_summary",
-    "false",
+    # odd test size: DistributedSampler pads a rank with a duplicate the evaluator must drop
+    *world_args(num_test=61, num_val=30, num_captions=300, num_sentences=200),
+    *QUIET,
     "--trainer.accelerator",
     "cpu",
 ]

@@ -21,6 +21,7 @@ from mlr_bench.datamodules.world import World
 from mlr_bench.generated_data import GeneratedDataError, manifest_targets
 from mlr_bench.methods.t2ipal import T2IPAL
 from mlr_bench.methods.taidpt import TaIDPT
+from mlr_bench.testing import QUIET, world_args
 from mlr_bench.world import CLASS_NAMES
 
 #: A small world whose generated-image set builds in seconds.
@@ -196,22 +197,8 @@ def test_missing_generated_dir_says_which_command_to_run(tmp_path):
 
 
 TRAIN_WORLD = [
-    "--data",
-    "world",
-    "--data.num_test",
-    "300",
-    "--data.num_val",
-    "60",
-    "--data.num_captions",
-    "1500",
-    "--data.num_generated",
-    "600",
-    "--data.batch_size",
-    "128",
-    "--trainer.enable_progress_bar",
-    "false",
-    "--trainer.enable_model_summary",
-    "false",
+    *world_args(num_test=300, num_val=60, num_captions=1500, num_generated=600, batch_size=128),
+    *QUIET,
 ]
 
 

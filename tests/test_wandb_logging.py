@@ -20,24 +20,13 @@ import pytest
 
 from mlr_bench import cli
 from mlr_bench.loggers import MLRWandbLogger, log_leaderboard, resolve_mode
+from mlr_bench.testing import QUIET, world_args
 
 TINY_WORLD = [
     "--method",
     "comc",
-    "--data",
-    "world",
-    "--data.num_test",
-    "60",
-    "--data.num_val",
-    "30",
-    "--data.num_captions",
-    "300",
-    "--data.num_sentences",
-    "200",
-    "--trainer.enable_progress_bar",
-    "false",
-    "--trainer.enable_model_summary",
-    "false",
+    *world_args(num_test=60, num_val=30, num_captions=300, num_sentences=200),
+    *QUIET,
 ]
 
 
