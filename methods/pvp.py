@@ -44,7 +44,7 @@ from mlr_bench.method import EvalConstantsMixin, FeatureMethod
 from mlr_bench.runs import run_dir
 from mlr_bench.schedules import warmup_cosine
 from mlr_bench.stages import PriorStage, trainer_limits
-from mlr_bench.text.corpus import SENTENCES, TextRequest, template_corpus
+from mlr_bench.text.corpus import SENTENCES, TextRequest
 
 Stage = Literal["pretrain", "finetune", "both"]
 ARTIFACT_NAME = "pvp_prompts.safetensors"
@@ -271,9 +271,7 @@ class PVP(EvalConstantsMixin, FeatureMethod):
     def artifact_key(self, datamodule: Any, trainer: Any, epochs: int) -> dict[str, Any]:
         """Everything that changes the stage-1 prompts: the cache key of the artifact."""
         request = TextRequest(self.pretrain_text_source, self.pretrain_template_copies)
-        corpus = datamodule.text_corpus(request.source) + template_corpus(
-            datamodule.class_names, request.template_copies
-        )
+        corpus = datamodule.corpus_for(request)
         return {
             "kind": "pvp-prompts",
             "version": ARTIFACT_VERSION,

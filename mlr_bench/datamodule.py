@@ -144,7 +144,10 @@ class MLRDataModule(LightningDataModule):
 
     def training_corpus(self) -> TextCorpus:
         """The method's requested text source plus its template augmentation."""
-        request = self._text_request()
+        return self.corpus_for(self._text_request())
+
+    def corpus_for(self, request: TextRequest) -> TextCorpus:
+        """The text of ``request``: its source plus its template augmentation."""
         corpus = self.text_corpus(request.source)
         return corpus + template_corpus(self.class_names, request.template_copies)
 

@@ -72,7 +72,6 @@ class Evaluator(Callback):
         self.write_results = write_results
         self._buffers: dict[str, list[dict[str, Tensor]]] = {"val": [], "test": []}
         self.results: dict[str, dict[str, Any]] = {}
-        self._gathered: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         for logger in _wandb_loggers(trainer):
@@ -111,31 +110,38 @@ class Evaluator(Callback):
         self._finish("test", trainer, pl_module, write=True)
 
     # ---- computation -----------------------------------------------------------------------
-    def compute(self, stage: Stage, world_size: int = 1) -> tuple[Tensor, MultilabelMetrics]:
-        """Metrics over everything collected for ``stage`` (all ranks when ``world_size`` > 1)."""
+    def gather(self, stage: Stage, world_size: int = 1) -> tuple[Tensor, Tensor, Tensor]:
+        """``(index, scores, targets)`` of everything collected for ``stage``, one row per
+        sample of the whole set (all ranks when ``world_size`` > 1), ordered by index."""
         buf = self._buffers[stage]
         if not buf:
             raise RuntimeError(f"no {stage} samples were collected")
-        index, scores, targets = gather_unique(
+        return gather_unique(
             torch.cat([b["index"].long() for b in buf]),
             torch.cat([b["scores"].float() for b in buf]),
             torch.cat([b["target"].to(torch.int8) for b in buf]),
             world_size,
         )
-        self._gathered[stage] = (index, scores, targets)  # for the W&B tables, dropped after
-        metrics = compute_metrics(
+
+    def compute(self, stage: Stage, world_size: int = 1) -> tuple[Tensor, MultilabelMetrics]:
+        """Metrics over everything collected for ``stage`` (all ranks when ``world_size`` > 1)."""
+        index, scores, targets = self.gather(stage, world_size)
+        return index, self._metrics(scores, targets)
+
+    def _metrics(self, scores: Tensor, targets: Tensor) -> MultilabelMetrics:
+        return compute_metrics(
             scores.double().numpy(),
             targets.numpy(),
             threshold=self.threshold,
             top_k=self.top_k,
             difficult=self.difficult,
         )
-        return index, metrics
 
     def _finish(self, stage: Stage, trainer: Trainer, pl_module: LightningModule, write: bool):
         if not self._buffers[stage]:
             return
-        _, metrics = self.compute(stage, trainer.world_size)
+        index, scores, targets = self.gather(stage, trainer.world_size)
+        metrics = self._metrics(scores, targets)
         self._buffers[stage] = []
         class_names = list(getattr(pl_module, "class_names", [])) or [
             str(i) for i in range(len(metrics.per_class_ap))
@@ -148,7 +154,6 @@ class Evaluator(Callback):
                 if ap is not None:
                     pl_module.log(f"test/AP/{name}", ap, sync_dist=True)
         self.results[stage] = self._report(trainer, pl_module, metrics, per_class, class_names)
-        index, scores, targets = self._gathered.pop(stage)
         if stage == "test" and trainer.is_global_zero:
             for logger in _wandb_loggers(trainer):
                 from mlr_bench.loggers import log_test_tables
