@@ -20,8 +20,9 @@ install:
 		echo "$(REQS_HASH)" > $(STAMP); \
 	else echo "$(VENV) is up to date"; fi
 
-# Every registered method on the synthetic world, 1 seed, recipes trimmed to 5 epochs (the full
-# 20-epoch recipes: `mlr-bench benchmark --data world --seeds 1,2,3`). Writes runs/demo/
+# Every registered method on the synthetic world with its world recipe
+# (configs/experiment/<method>_world.yaml), 1 seed (3 seeds: `mlr-bench benchmark --methods all
+# --data world --seeds 1,2,3`). Writes runs/demo/
 # {leaderboard.md,results.csv,results.json,plots/}.
 # Resumable: a re-run skips finished cells (delete runs/demo to start over).
 demo: install
