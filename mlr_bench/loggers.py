@@ -20,6 +20,7 @@ import netrc
 import os
 import secrets
 import string
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,8 @@ DEFAULT_INIT_TIMEOUT = 15.0
 #: Top-level config keys every run carries, for filtering and grouping in the W&B UI.
 FLAT_KEYS = ("method", "dataset", "backbone", "seed", "text_source")
 BEST_KEY = "val/mAP"
+#: W&B's staging folder for media and artifact files (read when a file is logged).
+DATA_DIR_ENV = "WANDB_DATA_DIR"
 
 
 @dataclass
@@ -105,6 +108,43 @@ def _settings(mode: str, init_timeout: float, extra: Any = None) -> Any:
         extra = extra if isinstance(extra, Mapping) else extra.to_dict()
         settings.update_from_dict({k: v for k, v in extra.items() if v is not None})
     return settings
+
+
+#: The ``WANDB_DATA_DIR`` this module set for the open run (None: not set by us).
+_STAGED_IN: str | None = None
+
+
+def stage_in_run(run: Any) -> None:
+    """Keep the run self-contained: W&B copies logged media (table images) to a staging area
+    under ``WANDB_DATA_DIR`` (default ``~/.local/share/wandb``) and the run's record points
+    there, so ``wandb sync`` of the run folder alone would miss them. Stage inside the run's own
+    folder instead; a ``WANDB_DATA_DIR`` the user set is left alone."""
+    global _STAGED_IN
+    current = os.environ.get(DATA_DIR_ENV)
+    if current is not None and current != _STAGED_IN:
+        return
+    sync_dir = getattr(getattr(run, "settings", None), "sync_dir", None)
+    if sync_dir:
+        os.environ[DATA_DIR_ENV] = _STAGED_IN = str(sync_dir)
+
+
+def unstage() -> None:
+    """Undo ``stage_in_run`` once the run is finished (the next run stages in its own folder)."""
+    global _STAGED_IN
+    if _STAGED_IN is not None and os.environ.get(DATA_DIR_ENV) == _STAGED_IN:
+        del os.environ[DATA_DIR_ENV]
+    _STAGED_IN = None
+
+
+def print_sync_hint(run: Any) -> None:
+    """An offline run is only useful once uploaded: say how, with the run's own folder."""
+    settings = getattr(run, "settings", None)
+    sync_dir = getattr(settings, "sync_dir", None)
+    if sync_dir and getattr(settings, "mode", None) == "offline":
+        print(
+            f"wandb: offline run saved in {sync_dir}; upload it with: wandb sync {sync_dir}",
+            file=sys.stderr,
+        )
 
 
 def _new_run_id() -> str:
@@ -203,9 +243,13 @@ class MLRWandbLogger(WandbLogger):
     @rank_zero_experiment
     def experiment(self) -> Any:
         """The W&B run; its folder is created first (W&B would fall back to a temp dir)."""
-        if self._experiment is None:
+        starting = self._experiment is None
+        if starting:
             Path(self._wandb_init["dir"]).mkdir(parents=True, exist_ok=True)
-        return super().experiment
+        run = super().experiment
+        if starting and self._experiment is not None:
+            stage_in_run(run)
+        return run
 
     @rank_zero_only
     def log_hyperparams(self, params: Any) -> None:
@@ -234,7 +278,10 @@ class MLRWandbLogger(WandbLogger):
     def finish(self) -> None:
         """End the W&B run (flushes the offline files); the CLI calls it after the command."""
         if self._experiment is not None and rank_zero_only.rank == 0:
-            self._experiment.finish()
+            run = self._experiment
+            run.finish()
+            unstage()
+            print_sync_hint(run)
 
 
 class MLRTensorBoardLogger(TensorBoardLogger):
@@ -371,10 +418,13 @@ def log_leaderboard(
         settings=_settings(resolve_mode(offline), DEFAULT_INIT_TIMEOUT),
         reinit="create_new",
     )
+    stage_in_run(run)
     try:
         run.log({"leaderboard": wandb.Table(columns=columns, data=data, allow_mixed_types=True)})
     finally:
         run.finish()
+        unstage()
+    print_sync_hint(run)
 
 
 def _cell(value: Any) -> Any:
