@@ -5,7 +5,8 @@ caption's classes. The images live in a folder written by :mod:`mlr_bench.genera
 world's renderer or Stable Diffusion via ``mlr-bench generate``) with a manifest; CLIP is frozen,
 so their features are computed once into the same kind of cache as evaluation images (global,
 global without positional embedding, dense, plus the multi-hot target), keyed by the backbone,
-the preprocessing and the folder's identity (its name and a hash of its manifest).
+the preprocessing and the folder's identity (its name, a hash of its manifest and every image
+file's size and mtime).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch.utils.data import Dataset
 from mlr_bench.clip import CLIPBackbone
 from mlr_bench.errors import MLRBenchError
 from mlr_bench.features import FeatureCache, FeatureStore, image_features
+from mlr_bench.features.keys import files_fingerprint
 from mlr_bench.text.corpus import TextCorpus
 
 if TYPE_CHECKING:
@@ -153,17 +155,20 @@ def generated_image_features(
     folder = Path(folder).expanduser()
     images = read_generated(folder)
     targets = manifest_targets(images, class_names, folder)
+    dataset = GeneratedImages(images, targets, folder, transform)
     identity = {
         "kind": "generated_images",
         "folder": folder.resolve().name,
         "manifest": manifest_digest(images),
         "num_images": len(images),
         "classes": list(class_names),
+        # a regenerated or hand-replaced image keeps its manifest line: size + mtime tell
+        "files": files_fingerprint((dataset.path(i) for i in range(len(dataset))), folder),
     }
     return image_features(
         store,
         backbone,
-        lambda: GeneratedImages(images, targets, folder, transform),
+        lambda: dataset,
         transform,
         identity,
         batch_size=batch_size,

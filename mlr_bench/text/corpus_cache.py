@@ -7,16 +7,24 @@ cache root (``$MLR_BENCH_CACHE`` or ``~/.cache/mlr-bench``), never the working d
 reference writes pickles there). Each entry is one ``.npz`` without pickles (texts as UTF-8 bytes
 plus offsets), written to a temporary file and renamed, so readers see all of it or nothing; an
 unreadable entry is rebuilt.
+
+The cache only saves time, so a full disk or an unwritable cache folder never stops a run: the
+corpus is used from memory and a warning names the folder, the bytes needed and the reason.
+Temporary files carry their writer's host and pid; those of dead writers are removed on the next
+use. Entries get the umask's mode (not ``mkstemp``'s 0600), so a shared cache works.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import json
 import logging
 import os
+import shutil
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -24,7 +32,17 @@ from typing import Any
 
 import numpy as np
 
-from mlr_bench.features.store import default_cache_root, digest
+from mlr_bench.features.store import (
+    MARGIN_BYTES,
+    builder_tag,
+    current_umask,
+    default_cache_root,
+    digest,
+    human_bytes,
+    is_dead_builder,
+    is_full_disk,
+    parse_builder_tag,
+)
 from mlr_bench.text.corpus import TextCorpus
 from mlr_bench.text.labeler import LABELER_VERSION, SynonymLabeler, synonym_table_hash
 from mlr_bench.text.sources import (
@@ -42,12 +60,24 @@ CACHE_FORMAT = 1
 _SUBDIR = "corpora"
 
 
+#: A temporary file whose writer cannot be checked (another host, older format) is removed
+#: once untouched for this long; a corpus entry is written in seconds.
+STALE_TMP_AFTER_S = 3600.0
+
+
 def _atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
-    """Write through ``write(file)`` into a temporary sibling, then rename it into place."""
+    """Write through ``write(file)`` into a temporary sibling, then rename it into place.
+
+    The file gets the umask's mode; the temporary name carries the writer (host, pid) so that
+    :func:`remove_stale_tmp` can tell a dead writer's debris from a write in progress.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.{builder_tag()}.", suffix=".tmp"
+    )
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -55,6 +85,52 @@ def _atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_tmp(folder: Path) -> list[Path]:
+    """Delete temporary files of writers that died (same host: pid gone; otherwise untouched
+    for ``STALE_TMP_AFTER_S``)."""
+    removed = []
+    try:
+        candidates = [p for p in folder.iterdir() if p.name.startswith(".") and p.suffix == ".tmp"]
+    except OSError:
+        return removed
+    for tmp in candidates:
+        parts = tmp.name[: -len(".tmp")].split(".")
+        tag = next((t for t in map(parse_builder_tag, parts) if t is not None), None)
+        if is_dead_builder(tag, tmp, STALE_TMP_AFTER_S):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+            log.info("removed %s, left behind by a corpus cache writer that died", tmp)
+    return removed
+
+
+def _write_or_warn(
+    path: Path, needed: int, write: Callable[[Any], None], quiet: bool = False
+) -> bool:
+    """:func:`_atomic_write_bytes` unless the disk is too full or the folder unwritable: then
+    warn (naming the folder and the bytes) and go on without saving; True when saved."""
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(folder).free
+        if free < needed + needed // 20 + MARGIN_BYTES:
+            raise OSError(errno.ENOSPC, f"only {free:,} bytes ({human_bytes(free)}) are free")
+        _atomic_write_bytes(path, write)
+        return True
+    except OSError as exc:
+        why = "not enough free space" if is_full_disk(exc) else "cannot write there"
+        message = (
+            f"corpus cache not saved: {why} in {folder} ({needed:,} bytes, "
+            f"{human_bytes(needed)}, needed; {exc.strerror or exc}); the corpus is used from "
+            "memory and parsed again next time. Free some space, or point MLR_BENCH_CACHE "
+            "(or --data.cache_dir) to a writable disk with more room."
+        )
+        if quiet:
+            log.info(message)
+        else:
+            warnings.warn(message, stacklevel=3)
+        return False
 
 
 _hash_memo: dict[tuple[str, int, int], str] = {}
@@ -81,7 +157,7 @@ def file_sha256(path: str | Path, cache_root: Path | None = None) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     value = h.hexdigest()
-    _atomic_write_bytes(record, lambda f: f.write(value.encode()))
+    _write_or_warn(record, len(value), lambda f: f.write(value.encode()), quiet=True)
     _hash_memo[memo_key] = value
     return value
 
@@ -96,7 +172,8 @@ def _save(path: Path, loaded: LoadedCorpus, key: Mapping[str, Any]) -> None:
         "offsets": offsets,
         "meta": np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8),
     }
-    _atomic_write_bytes(path, lambda f: np.savez(f, **arrays))
+    needed = sum(a.nbytes for a in arrays.values()) + (64 << 10)  # + zip headers
+    _write_or_warn(path, needed, lambda f: np.savez(f, **arrays))
 
 
 def _load(path: Path, key: Mapping[str, Any]) -> LoadedCorpus | None:
@@ -137,6 +214,8 @@ def cached_corpus(
         **key,
     }
     path = root / _SUBDIR / f"{kind}-{digest(full_key)}.npz"
+    remove_stale_tmp(path.parent)
+    remove_stale_tmp(path.parent / "hashes")
     loaded = _load(path, full_key)
     if loaded is None:
         loaded = build()
