@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from mlr_bench.batch import TEXT, FeatureBatch
+from mlr_bench.checkpoints import CheckpointError, load_weights_file
 from mlr_bench.clip import CLIPBackbone
 from mlr_bench.clip.prompts import PromptEncoder, init_context, spatial_softmax_pool
 from mlr_bench.errors import MLRBenchError
@@ -110,8 +111,12 @@ def init_pixel_prompts(
     return noise * std.view(1, 3, 1, 1) + mean.view(1, 3, 1, 1)
 
 
-def load_prompts(path: str | Path) -> dict[str, Tensor]:
-    """Stage-1 pixel prompts from an artifact file, a stage-1 checkpoint or a run directory."""
+def load_prompts(path: str | Path, class_names: Sequence[str] | None = None) -> dict[str, Tensor]:
+    """Stage-1 pixel prompts from an artifact file, a stage-1 checkpoint or a run directory.
+
+    With ``class_names``, prompts saved for other classes (or another order: one prompt per
+    class, so the same count is not enough) are refused instead of silently mislabelled.
+    """
     path = Path(path).expanduser()
     if path.is_dir():
         found = sorted(path.rglob(ARTIFACT_NAME))
@@ -123,19 +128,33 @@ def load_prompts(path: str | Path) -> dict[str, Tensor]:
             f"{path}: stage-1 prompts not found; expected a {ARTIFACT_NAME} file, a stage-1 "
             "checkpoint (.ckpt) or the run directory of `--method.stage pretrain`"
         )
-    from safetensors import SafetensorError
+    from safetensors import SafetensorError, safe_open
 
     try:
-        if path.suffix == ".ckpt":
-            state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        if path.suffix == ".ckpt":  # weights_only: a crafted pickle must not run code
+            ckpt = load_weights_file(path, what="PVP stage-1 checkpoint")
+            state = ckpt["state_dict"]
+            saved_classes = (ckpt.get("hyper_parameters") or {}).get("class_names")
         else:
             state = load_file(str(path))
-        return {k: state[k].float() for k in ("pvp_global", "pvp_local")}
-    except (KeyError, OSError, RuntimeError, ValueError, SafetensorError) as exc:
+            with safe_open(str(path), "pt") as f:
+                saved_classes = json.loads((f.metadata() or {}).get("classes", "null"))
+        prompts = {k: state[k].float() for k in ("pvp_global", "pvp_local")}
+    except CheckpointError as exc:
+        raise PVPArtifactError(str(exc)) from None
+    except (KeyError, OSError, RuntimeError, ValueError, TypeError, SafetensorError) as exc:
         raise PVPArtifactError(
             f"{path}: not readable as PVP stage-1 prompts (needs tensors pvp_global and "
             f"pvp_local): {type(exc).__name__}: {exc}"
         ) from exc
+    comparable = saved_classes is not None and class_names is not None
+    if comparable and list(saved_classes) != list(class_names):
+        raise PVPArtifactError(
+            f"{path}: stage-1 prompts were trained for classes {list(saved_classes)[:6]} "
+            f"({len(saved_classes)}), this run has {list(class_names)[:6]} "
+            f"({len(class_names)}); use stage-1 prompts of this dataset"
+        )
+    return prompts
 
 
 class PVP(EvalConstantsMixin, FeatureMethod):
@@ -143,6 +162,15 @@ class PVP(EvalConstantsMixin, FeatureMethod):
 
     requires: ClassVar[frozenset[str]] = frozenset({TEXT})
     text_features: ClassVar[frozenset[str]] = frozenset({"eot", "tokens"})
+
+    @classmethod
+    def checkpoint_identity(cls, hparams: Mapping[str, Any]) -> dict[str, Any]:
+        """The stage too: a stage-1 checkpoint holds only pre-trained pixels (untrained
+        adapters and contexts); "both" and "finetune" end in the same stage-2 model."""
+        ident = super().checkpoint_identity(hparams)
+        if "stage" in hparams:
+            ident["stage"] = "pretrain" if hparams["stage"] == "pretrain" else "finetune"
+        return ident
 
     def __init__(
         self,
@@ -315,7 +343,7 @@ class PVP(EvalConstantsMixin, FeatureMethod):
                 "with `--method.stage pretrain --trainer.max_epochs <pretrain_epochs>`, or pass "
                 "--method.pretrained_prompts PATH (artifact, .ckpt or run directory)."
             )
-        prompts = load_prompts(source)
+        prompts = load_prompts(source, self.class_names)
         for name, value in prompts.items():
             param = getattr(self, name)
             if value.shape != param.shape:

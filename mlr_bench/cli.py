@@ -107,6 +107,7 @@ class MLRTrainer(Trainer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.init_kwargs = dict(kwargs)  # a prior stage's Trainer runs on the same devices
+        kwargs.update(_atomic_checkpoint_plugins(kwargs))  # keep `**kwargs`: jsonargparse reads it
         super().__init__(*args, **kwargs)
 
     def fit(self, model: Any, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
@@ -156,8 +157,28 @@ class MLRTrainer(Trainer):
         return self.test(model, datamodule=datamodule, ckpt_path=path or None)
 
 
+def _atomic_checkpoint_plugins(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``plugins`` that write checkpoints atomically (see ``AtomicCheckpointIO``), unless the
+    user brought a CheckpointIO or a strategy that saves its own way (FSDP, DeepSpeed)."""
+    from lightning.fabric.plugins import CheckpointIO
+
+    from mlr_bench.checkpoints import AtomicCheckpointIO
+
+    strategy = kwargs.get("strategy", "auto")
+    plain = strategy is None or isinstance(strategy, DDPStrategy)
+    plain = plain or (isinstance(strategy, str) and strategy.startswith(("auto", "ddp", "single")))
+    plugins = kwargs.get("plugins")
+    listed = list(plugins) if isinstance(plugins, list | tuple) else [plugins] if plugins else []
+    if not plain or any(isinstance(p, CheckpointIO) for p in listed):
+        return {}
+    return {"plugins": [*listed, AtomicCheckpointIO()]}
+
+
 class RunDirSaveConfig(SaveConfigCallback):
     """Save ``config.yaml`` in the run's own directory (never shared between runs)."""
+
+    #: The run folder this callback created (on global rank 0), to mark it if the run fails.
+    run_path: Path | None = None
 
     def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
         if self.already_saved:
@@ -165,6 +186,7 @@ class RunDirSaveConfig(SaveConfigCallback):
         path = run_dir(trainer) / self.config_filename
         if trainer.is_global_zero:
             path.parent.mkdir(parents=True, exist_ok=True)
+            self.run_path = path.parent
             self.parser.save(self.config, str(path), skip_none=False, overwrite=True)
         self.already_saved = trainer.strategy.broadcast(True)
 
@@ -211,10 +233,81 @@ class MLRBenchCLI(LightningCLI):
             }
         )
 
+    def _parse_ckpt_path(self) -> None:
+        """Check ``--ckpt_path`` before LightningCLI applies the hyperparameters saved in it:
+        it must be a readable, safe checkpoint of the requested method and backbone."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        self._ckpt: dict[str, Any] | None = None
+        if ckpt_path:
+            from mlr_bench.checkpoints import check_method_matches, read_checkpoint
+
+            self._ckpt = read_checkpoint(ckpt_path)
+            if self._ckpt is not None:
+                model = self.config[subcommand].get("model")
+                init_args = getattr(model, "init_args", None) if model is not None else None
+                init_args = init_args.as_dict() if hasattr(init_args, "as_dict") else {}
+                hparams = self._ckpt.get("hyper_parameters") or {}
+                class_path = getattr(model, "class_path", None) if model is not None else None
+                check_method_matches(ckpt_path, hparams, class_path, init_args)
+        super()._parse_ckpt_path()
+
+    def _check_run_fits(self, trainer_config: dict[str, Any]) -> None:
+        """Refuse, before any run folder exists, a run whose result would silently be wrong: a
+        checkpoint for other classes or tensors, or a fit that trains a trainable method for
+        zero epochs/steps/batches (its "results" would be those of the untrained model)."""
+        from mlr_bench.checkpoints import check_classes_match, check_state_matches
+
+        subcommand = str(self.subcommand)
+        ckpt = getattr(self, "_ckpt", None)
+        if ckpt is not None:
+            ckpt_path = str(self.config[subcommand].get("ckpt_path"))
+            hparams = ckpt.get("hyper_parameters") or {}
+            check_classes_match(ckpt_path, hparams, list(self.datamodule.class_names))
+            check_state_matches(ckpt_path, ckpt["state_dict"], self.model)
+        if subcommand not in ("fit", "train"):
+            return
+        if not any(p.requires_grad for p in self.model.parameters()):
+            return  # nothing to train (zero-shot): zero epochs change nothing
+        for key in ("max_epochs", "max_steps", "limit_train_batches"):
+            value = trainer_config.get(key)
+            if value is not None and not isinstance(value, bool) and value == 0:
+                method = registry.name_for_class("method", type(self.model))
+                raise MLRBenchError(
+                    f"--trainer.{key} 0 trains nothing, but {type(self.model).__name__} "
+                    f"({method}) has trainable parameters: the run would report an untrained "
+                    f"model as its result. Set --trainer.{key} to 1 or more; to evaluate the "
+                    f"untrained model on purpose, run `mlr-bench test --method {method}` "
+                    "without --ckpt_path"
+                )
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Run it; a run that fails or is interrupted gets its folder marked ``FAILED`` (its
+        config and partial files are not results), and a full disk becomes one message."""
+        import errno
+
+        from mlr_bench.runs import mark_failed
+
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException as exc:
+            saver = [c for c in self.trainer.callbacks if isinstance(c, RunDirSaveConfig)]
+            folder = saver[0].run_path if saver else None
+            marker = mark_failed(folder, exc) if folder is not None else None
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                where = f" writing '{exc.filename}'" if exc.filename else ""
+                marked = f"; the run folder {folder} is marked {marker.name}" if marker else ""
+                raise MLRBenchError(
+                    f"no space left on the device{where} ({exc.strerror}): free some space or "
+                    f"set --trainer.default_root_dir to another disk, then run again{marked}"
+                ) from exc
+            raise
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Apply the method's own trainer needs and give every run its own directory."""
         config = self._get(self.config_init, "trainer", default={})
         overrides = dict(getattr(self.model, "trainer_overrides", {}))
+        self._check_run_fits({**config, **overrides, **kwargs})
         if config.get("logger") in (None, True):
             method = registry.name_for_class("method", type(self.model))
             data = registry.name_for_class("data", type(self.datamodule))

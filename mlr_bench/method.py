@@ -9,6 +9,7 @@ scored by exactly the same code.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -41,6 +42,21 @@ class MLRMethod(LightningModule):
     #: Parts of the frozen text features (``eot``, ``tokens``) the method trains on; empty
     #: means training batches carry raw ``text`` instead.
     text_features: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def checkpoint_identity(cls, hparams: Mapping[str, Any]) -> dict[str, Any]:
+        """Settings a checkpoint must share with the run that loads it (compared before the run
+        starts; LightningCLI would otherwise take them from the checkpoint silently).
+
+        Default: the CLIP backbone and its weights. Methods add settings that change what the
+        learned tensors mean (PVP: its stage); keys absent from ``hparams`` are not compared.
+        """
+        ident: dict[str, Any] = {}
+        if "backbone" in hparams:
+            ident["backbone"] = hparams["backbone"]
+        if "pretrained" in hparams:
+            ident["pretrained"] = _weights_identity(hparams["pretrained"])
+        return ident
 
     def __init__(self, class_names: Sequence[str] | None = None) -> None:
         super().__init__()
@@ -192,6 +208,14 @@ class EvalConstantsMixin:
     on_validation_epoch_start = _compute_eval_constants
     on_test_epoch_start = on_predict_epoch_start = _compute_eval_constants
     on_validation_epoch_end = on_test_epoch_end = on_predict_epoch_end = _drop_eval_constants
+
+
+def _weights_identity(pretrained: Any) -> Any:
+    """``pretrained`` spelled one way: no weights as None, an existing file as its real path."""
+    if pretrained in (None, "", "none", "random"):
+        return None
+    path = Path(str(pretrained)).expanduser()
+    return str(path.resolve()) if path.is_file() else pretrained
 
 
 def freeze(module: torch.nn.Module) -> torch.nn.Module:

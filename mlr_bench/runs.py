@@ -6,9 +6,11 @@ import json
 import os
 import subprocess
 import tempfile
+import time
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from lightning.pytorch import Trainer
 
@@ -31,17 +33,43 @@ def run_dir(trainer: Trainer) -> Path:
     return Path(trainer.strategy.broadcast(path))
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary file in the same folder, then rename: no reader sees a partial file."""
+def default_file_mode() -> int:
+    """``0o666 & ~umask``: the mode ``open()`` gives a new file. ``mkstemp`` makes 0600 files,
+    which would leave results readable by their owner only on a shared machine."""
+    try:  # Linux exposes the umask without changing it (os.umask() is process-wide)
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def atomic_write_bytes(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call ``write(file)`` on a temporary file in ``path``'s folder, flush it to disk, then
+    rename it to ``path``: readers see the old file or the whole new one, never a partial one
+    (a full disk fails the write and leaves ``path`` untouched)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        os.fchmod(fd, default_file_mode())
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary file in the same folder, then rename: no reader sees a partial file."""
+    atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
@@ -82,3 +110,34 @@ def versions() -> dict[str, str]:
         except PackageNotFoundError:
             continue
     return found
+
+
+#: File written into a run folder whose command failed or was interrupted: its other files
+#: (config, partial metrics, early checkpoints) are not results.
+FAILED_MARKER = "FAILED"
+
+
+def mark_failed(folder: Path, exc: BaseException) -> Path | None:
+    """Write ``FAILED`` (what went wrong, when) into ``folder`` if it exists, so that listings
+    and the benchmark never take a half-finished run for a result. Best effort: on a full disk
+    an empty marker is written when the message does not fit; None when nothing could be."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    path = folder / FAILED_MARKER
+    what = "interrupted" if isinstance(exc, KeyboardInterrupt | SystemExit) else "failed"
+    detail = " ".join(str(exc).split()) or "(no message)"
+    text = f"{what}: {type(exc).__name__}: {detail}\ntime: {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n"
+    try:
+        atomic_write_text(path, text)
+    except OSError:
+        try:
+            path.touch()
+        except OSError:
+            return None
+    return path
+
+
+def run_failed(folder: Path) -> bool:
+    """Whether ``folder`` is a run that failed (holds the ``FAILED`` marker)."""
+    return (Path(folder) / FAILED_MARKER).exists()

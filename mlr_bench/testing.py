@@ -120,7 +120,7 @@ def check_checkpoint_roundtrip(model: MLRMethod, datamodule: MLRDataModule, root
     trainer.fit(model, datamodule=datamodule)
     path = root / "roundtrip.ckpt"
     trainer.save_checkpoint(path)
-    saved = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    saved = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     frozen = [k for k in saved if k.startswith(model.frozen_prefixes)]
     assert not frozen, f"checkpoint holds frozen weights, e.g. {frozen[:3]}"
     reloaded = type(model).load_from_checkpoint(path, map_location="cpu")

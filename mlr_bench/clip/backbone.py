@@ -9,7 +9,8 @@ random model — what tests and offline smoke runs use.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -44,9 +45,29 @@ def _is_local_file(pretrained: str) -> bool:
     return pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")) or os.sep in pretrained
 
 
-def _load_error(model: str, pretrained: str | None, exc: Exception) -> BackboneLoadError:
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
-    where = " (HF_HUB_OFFLINE=1, so nothing is downloaded)" if offline else ""
+#: Seconds to wait for a TCP connection to the weights' host before treating it as unreachable
+#: (open_clip's downloads otherwise spend about a minute in retries before failing).
+HUB_PROBE_TIMEOUT_S = 3.0
+#: A weights file of any suffix is checked by its content; these start one that is named well.
+_WEIGHTS_EXPECTED = (
+    "an open_clip state dict as .safetensors, or a PyTorch state dict (.pt/.pth/.bin)"
+)
+
+
+def _hub_offline_configured() -> bool:
+    """HF_HUB_OFFLINE as the hub library sees it (it reads the variable once, at import)."""
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() not in ("", "0", "false", "no")
+    return env or bool(constants.HF_HUB_OFFLINE)
+
+
+def _load_error(
+    model: str, pretrained: str | None, exc: Exception, where: str | None = None
+) -> BackboneLoadError:
+    if where is None:
+        offline = _hub_offline_configured()
+        where = " (HF_HUB_OFFLINE=1, so nothing is downloaded)" if offline else ""
     return BackboneLoadError(
         f"could not load CLIP '{model}' with pretrained='{pretrained}'{where}: "
         f"{type(exc).__name__}: {exc}. Provide weights with --method.pretrained /path/to/"
@@ -65,6 +86,132 @@ def bundled_weights(model: str) -> Path:
             f"{', '.join(sorted(p.stem for p in BUNDLED_WEIGHTS_DIR.glob('*.safetensors')))}"
         )
     return path
+
+
+def check_weights_file(pretrained: str, model: str) -> Path:
+    """The local weights file behind ``pretrained``, checked by content before open_clip reads
+    it: a text file or a truncated download then fails with one message naming the file
+    instead of an error from deep inside a loader ("pop from empty list", "header too
+    large")."""
+    path = Path(pretrained).expanduser()
+    if not path.exists():
+        raise BackboneLoadError(f"CLIP weights file '{pretrained}' does not exist")
+    if not path.is_file():
+        raise BackboneLoadError(
+            f"CLIP weights '{pretrained}' is a directory; for a folder with "
+            "open_clip_config.json use --method.backbone local-dir:<dir>, else pass the file"
+        )
+    try:
+        with path.open("rb") as f:
+            head = f.read(9)
+    except OSError as exc:
+        raise BackboneLoadError(
+            f"CLIP weights file '{pretrained}' is not readable: {exc}"
+        ) from None
+    header_len = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
+    looks_safetensors = 0 < header_len < 100_000_000 and head[8:9] == b"{"
+    if path.suffix == ".safetensors" or looks_safetensors:
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), "pt") as f:
+                if not list(f.keys()):
+                    raise ValueError("it holds no tensors")
+        except (SafetensorError, OSError, ValueError) as exc:
+            detail = " ".join(str(exc).split())
+            raise BackboneLoadError(
+                f"CLIP weights file '{pretrained}' is not a valid safetensors file ({detail}); "
+                f"expected {_WEIGHTS_EXPECTED} for CLIP '{model}'"
+            ) from None
+        return path
+    if not (head[:4] == b"PK\x03\x04" or head[:1] == b"\x80"):  # torch.save: zip or pickle
+        raise BackboneLoadError(
+            f"CLIP weights file '{pretrained}' is not a weights file (neither safetensors nor "
+            f"a PyTorch file); expected {_WEIGHTS_EXPECTED} for CLIP '{model}'"
+        )
+    return path
+
+
+def _weights_url(pretrained_cfg: dict[str, Any]) -> str | None:
+    """The URL open_clip would download ``pretrained_cfg``'s weights from; None when they need
+    no download (a file, or an OpenAI URL already in open_clip's cache)."""
+    from huggingface_hub import constants
+
+    if pretrained_cfg.get("file"):
+        return None
+    if pretrained_cfg.get("hf_hub") and open_clip.pretrained.has_hf_hub():
+        return constants.ENDPOINT
+    url = pretrained_cfg.get("url")
+    if not url or (Path("~/.cache/clip").expanduser() / os.path.basename(url)).is_file():
+        return None
+    return url
+
+
+def hub_reachable(url: str, timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Whether ``url``'s server answers an HTTP HEAD within about ``timeout`` seconds (through
+    the configured proxy, if any). A TCP connect alone is not enough: sandboxes and captive
+    networks accept connections that then never answer."""
+    import http.client
+    import urllib.parse
+    import urllib.request
+
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    https = parts.scheme == "https"
+    port = parts.port or (443 if https else 80)
+    conn_cls = http.client.HTTPSConnection if https else http.client.HTTPConnection
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(host):
+        via = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        conn = conn_cls(via.hostname or "", via.port or 80, timeout=timeout)
+        conn.set_tunnel(host, port)
+    else:
+        conn = conn_cls(host, port, timeout=timeout)
+    try:
+        conn.request("HEAD", "/")
+        conn.getresponse()
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+    return True
+
+
+@contextmanager
+def _hub_offline() -> Iterator[None]:
+    """Let the hub library answer from its cache only (what HF_HUB_OFFLINE=1 does), for one
+    load: cached weights still load, missing ones fail at once instead of retrying."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
+def _unreachable_hub_guard(model: str, pretrained: str) -> Any:
+    """A context for loading tag ``pretrained``: cache-only when its host does not answer
+    (then weights missing from the cache fail in seconds, with the how-to message)."""
+    if _hub_offline_configured():
+        return nullcontext()
+    cfg = open_clip.get_pretrained_cfg(model, pretrained)
+    url = _weights_url(cfg) if cfg else None
+    if url is None or hub_reachable(url):
+        return nullcontext()
+    where = (
+        f" ({url} could not be reached within {HUB_PROBE_TIMEOUT_S:g} s, and the weights are "
+        "not in the local cache)"
+    )
+    if not cfg.get("hf_hub") or not open_clip.pretrained.has_hf_hub():
+        raise _load_error(model, pretrained, ConnectionError("host unreachable"), where)
+    with _hub_offline():
+        try:  # a cache lookup only: fail before building the model
+            open_clip.pretrained.download_pretrained(cfg)
+        except Exception as exc:  # open_clip wraps every hub error
+            raise _load_error(model, pretrained, exc, where) from None
+    return _hub_offline()
 
 
 def tag_wants_quick_gelu(model: str, pretrained: str | None) -> bool:
@@ -90,10 +237,14 @@ def create_clip(model: str, pretrained: str | None) -> tuple[nn.Module, Callable
         pretrained = None
     elif pretrained == "bundled":
         pretrained = str(bundled_weights(model))
-    elif _is_local_file(pretrained) and not Path(pretrained).is_file():
-        raise BackboneLoadError(f"CLIP weights file '{pretrained}' does not exist")
+    local = pretrained is not None and (
+        _is_local_file(pretrained) or Path(pretrained).expanduser().is_file()
+    )
+    if local:
+        pretrained = str(check_weights_file(str(pretrained), model))
+    guard = _unreachable_hub_guard(model, pretrained) if pretrained and not local else nullcontext()
     try:
-        with torch.random.fork_rng(devices=[]):
+        with guard, torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)
             clip_model, _, preprocess = open_clip.create_model_and_transforms(
                 model,
@@ -103,6 +254,14 @@ def create_clip(model: str, pretrained: str | None) -> tuple[nn.Module, Callable
         tokenizer = open_clip.get_tokenizer(model)
     except (RuntimeError, OSError, ValueError) as exc:
         raise _load_error(model, pretrained, exc) from exc
+    except Exception as exc:  # a local file open_clip cannot read as weights
+        if not local:
+            raise
+        detail = " ".join(str(exc).split())[:200]
+        raise BackboneLoadError(
+            f"CLIP weights file '{pretrained}' could not be loaded as weights of CLIP "
+            f"'{model}' ({type(exc).__name__}: {detail}); expected {_WEIGHTS_EXPECTED}"
+        ) from None
     clip_model.eval()
     for p in clip_model.parameters():
         p.requires_grad_(False)

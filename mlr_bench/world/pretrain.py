@@ -111,7 +111,10 @@ def pretrain(cfg: PretrainConfig, out_dir: Path) -> Path:
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
     step, elapsed_before = 0, 0.0
     if state_path.is_file():
-        state = torch.load(state_path, weights_only=False)
+        from mlr_bench.checkpoints import load_weights_file
+
+        # weights_only: the state holds only tensors and plain data; nothing in it may run code
+        state = load_weights_file(state_path, what="pre-training resume state")
         if state["config"] == asdict(cfg):
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
