@@ -31,6 +31,7 @@ from mlr_bench.features.keys import files_fingerprint
 from mlr_bench.generated_data import GeneratedDataError
 from mlr_bench.text.corpus import CAPTIONS, SENTENCES, TextCorpus
 from mlr_bench.text.corpus_cache import load_corpus
+from mlr_bench.text.sources import check_training_corpus
 from mlr_bench.text.synonyms import synonym_table
 
 __all__ = ["DatasetFormatError", "OfficialDataModule", "OfficialImages", "Split", "read_lines"]
@@ -248,7 +249,7 @@ class OfficialDataModule(MLRDataModule):
             arg = "captions_file"
         elif source == SENTENCES:
             path, arg, options = self.sentences_file, "sentences_file", {}
-            txt = str(path or "").endswith(".txt")
+            txt = str(path or "").lower().endswith(".txt")
             kind = "text_lines" if txt else "llm_descriptions"
         else:
             raise ValueError(
@@ -264,6 +265,7 @@ class OfficialDataModule(MLRDataModule):
             raise DatasetFormatError(f"{path}: missing; expected the {source} file ({arg})")
         if kind != "text_lines":
             options["on_error"] = self.text_on_error
+        options["context_length"] = self.text_context_length()
         loaded = load_corpus(
             kind,
             Path(path).expanduser(),
@@ -272,11 +274,14 @@ class OfficialDataModule(MLRDataModule):
             cache_root=self.store.root,
             **options,
         )
+        problems = check_training_corpus(loaded, path, self.class_names)  # raises when empty
         if loaded.dropped or loaded.skipped:
             rank_zero_warn(
                 f"{path}: {loaded.dropped} texts without any class dropped, "
                 f"{loaded.skipped} malformed entries skipped; {len(loaded.corpus)} kept"
             )
+        for problem in problems:
+            rank_zero_warn(problem)
         return loaded.corpus
 
     def generated_folder(self) -> Path:

@@ -33,14 +33,24 @@ _FORMAT = (
 
 
 def load_json(path: Path, digest: Digest) -> dict[str, Any]:
-    """The parsed instances file; syntax errors give the line number."""
+    """The parsed instances file; errors give line, column and character offset (the file is
+    one long line as COCO ships it), and say when the text just ends (a truncated file)."""
     data = digest.read(path, _FORMAT)
     try:
         content = json.loads(data)
-    except json.JSONDecodeError as exc:
+    except UnicodeDecodeError as exc:
         raise DatasetFormatError(
-            f"{path}:{exc.lineno}: invalid JSON ({exc.msg}); expected {_FORMAT}"
-        ) from exc
+            f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at file offset "
+            f"{exc.start:,}); expected {_FORMAT}"
+        ) from None
+    except json.JSONDecodeError as exc:
+        ends = exc.pos >= len(exc.doc.rstrip()) or exc.msg.startswith("Unterminated string")
+        raise DatasetFormatError(
+            f"{path}:{exc.lineno}:{exc.colno}: invalid JSON at character {exc.pos:,} of "
+            f"{len(exc.doc):,} ({exc.msg})"
+            + ("; the file ends there: is it truncated (interrupted download)?" if ends else "")
+            + f"; expected {_FORMAT}"
+        ) from None
     if not isinstance(content, dict):
         raise DatasetFormatError(f"{path}: top level is not an object; expected {_FORMAT}")
     return content

@@ -22,6 +22,7 @@ from mlr_bench.datamodule import MLRDataModule, Transform
 from mlr_bench.generated_data import caption_items, items_digest
 from mlr_bench.text import SynonymLabeler
 from mlr_bench.text.corpus import CAPTIONS, SENTENCES, TextCorpus
+from mlr_bench.text.truncate import truncator_for
 from mlr_bench.world import (
     CLASS_NAMES,
     SYNONYMS,
@@ -51,13 +52,40 @@ class WorldImages(Dataset):
         return {"image": image, "target": self.targets[i], "index": i}
 
 
+def cut_to_context(
+    corpus: TextCorpus, labeler: SynonymLabeler, context_length: int | None, parsed: bool
+) -> TextCorpus:
+    """``corpus`` with each text cut to what the text encoder reads (see
+    :mod:`mlr_bench.text.truncate`). A cut text is relabelled from what is left (``parsed``), or
+    loses the requested labels whose class is named only in the cut-off part."""
+    truncate = truncator_for(context_length)
+    if truncate is None:
+        return corpus
+    texts, labels = list(corpus.texts), corpus.labels.copy()
+    for i, text in enumerate(corpus.texts):
+        kept = truncate(text)
+        if kept == text:
+            continue
+        texts[i] = kept
+        if parsed:
+            labels[i] = labeler([kept])[0]
+        else:
+            only_cut = labeler.classes_in(text) - labeler.classes_in(kept)
+            labels[i, sorted(only_cut)] = 0
+    return corpus if not truncate.cut else TextCorpus(texts, labels)
+
+
 class World(MLRDataModule):
     """The built-in synthetic world (18 classes of shapes and icons), with the micro-CLIP."""
 
     provides = frozenset({TEXT, GENERATED_IMAGES})
     #: Generation settings change only the generated training images, whose cache is keyed
     #: by their own manifest: evaluation caches must not depend on them.
-    NON_DATA_ARGS = MLRDataModule.NON_DATA_ARGS | {"num_generated", "images_per_caption"}
+    NON_DATA_ARGS = MLRDataModule.NON_DATA_ARGS | {
+        "num_generated",
+        "images_per_caption",
+        "generated_dir",
+    }
 
     def __init__(
         self,
@@ -69,6 +97,7 @@ class World(MLRDataModule):
         scene_size: int = 96,
         num_generated: int = 5000,
         images_per_caption: int = 1,
+        generated_dir: str | None = None,
         batch_size: int = 256,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -87,6 +116,8 @@ class World(MLRDataModule):
                 training images by the world's text-to-image stand-in, for methods that train
                 on generated images (T2I-PAL); built on first use under the cache root.
             images_per_caption: generated images per caption (different seeds).
+            generated_dir: an output folder of ``mlr-bench generate --data world`` (the path it
+                prints) to train on instead of rendering ``num_generated`` images here.
         """
         super().__init__(batch_size, eval_batch_size, num_workers, image_size, cache_dir)
         self.save_hyperparameters()
@@ -97,6 +128,7 @@ class World(MLRDataModule):
         self.scene_size = scene_size
         self.num_generated = num_generated
         self.images_per_caption = images_per_caption
+        self.generated_dir = generated_dir
         self.labeler = SynonymLabeler(CLASS_NAMES, SYNONYMS)
 
     @property
@@ -159,7 +191,18 @@ class World(MLRDataModule):
         }
         if source not in corpora:
             raise ValueError(f"unknown text source {source!r}; the world has {sorted(corpora)}")
-        return corpora[source]()
+        context = self.text_context_length()
+        key = (source, context)
+        if key not in self._cut_corpora:
+            parsed = source != SENTENCES  # requested labels (CoMC) are not parsed from text
+            self._cut_corpora[key] = cut_to_context(
+                corpora[source](), self.labeler, context, parsed
+            )
+        return self._cut_corpora[key]
+
+    @cached_property
+    def _cut_corpora(self) -> dict[tuple[str, int | None], TextCorpus]:
+        return {}
 
     def has_split(self, split: str) -> bool:
         return split in self.sizes
@@ -169,10 +212,14 @@ class World(MLRDataModule):
         return render_caption(caption, np.random.default_rng(seed), image_size=self.scene_size)
 
     def generated_folder(self) -> Path:
-        """Renders the first ``num_generated`` labelled captions with the world renderer into
-        ``<cache root>/generated/world-<captions hash>/`` (resumable; a finished folder is
-        reused) and returns the generation folder."""
+        """``generated_dir`` when given (e.g. made by ``mlr-bench generate --generator world
+        --data world``); otherwise renders the first ``num_generated`` labelled captions with
+        the world renderer into ``<cache root>/generated/world-<captions hash>/`` (resumable; a
+        finished folder is reused) and returns the generation folder."""
         from mlr_bench.generation import WorldRenderer, generate_images
+
+        if self.generated_dir:
+            return Path(self.generated_dir).expanduser()
 
         items = caption_items(self.caption_corpus, CLASS_NAMES, self.num_generated)
         out_root = self.store.root / "generated" / f"world-{items_digest(items)}"

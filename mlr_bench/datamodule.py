@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import torch
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.utilities import CombinedLoader
+from lightning.pytorch.utilities import CombinedLoader, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from mlr_bench.batch import GENERATED_IMAGES, TEXT
@@ -27,6 +27,8 @@ from mlr_bench.features import (
     text_features,
 )
 from mlr_bench.text.corpus import TextCorpus, TextDataset, TextRequest, template_corpus
+from mlr_bench.text.sources import EmptyCorpusError
+from mlr_bench.text.truncate import CLIP_CONTEXT_LENGTH
 from mlr_bench.transforms import clip_eval_transform
 
 Transform = Callable[[Any], torch.Tensor]
@@ -147,9 +149,40 @@ class MLRDataModule(LightningDataModule):
         return self.corpus_for(self._text_request())
 
     def corpus_for(self, request: TextRequest) -> TextCorpus:
-        """The text of ``request``: its source plus its template augmentation."""
+        """The text of ``request``: its source plus its template augmentation.
+
+        A source without a single labelled text is an error, whatever the datamodule: the
+        template sentences alone would train and look like a normal run.
+        """
         corpus = self.text_corpus(request.source)
+        if len(corpus) == 0 or not corpus.labels.any():
+            raise EmptyCorpusError(
+                f"{type(self).__name__}: the {request.source!r} training text has no text naming "
+                f"any of the {len(self.class_names)} classes ({len(corpus)} texts); training on "
+                "it would use the template sentences alone"
+            )
         return corpus + template_corpus(self.class_names, request.template_copies)
+
+    def text_context_length(self) -> int | None:
+        """Tokens the method's text encoder reads (corpora are cut to it before labelling).
+
+        The backbone's open_clip ``SimpleTokenizer`` context (77 for OpenAI CLIP, 40 for the
+        world's micro-CLIP); 77 without a method; None (no cut, with a warning) for another
+        tokenizer, whose cut this package cannot reproduce.
+        """
+        from open_clip.tokenizer import SimpleTokenizer
+
+        tokenizer = getattr(getattr(self._method(), "backbone", None), "tokenizer", None)
+        if tokenizer is None:  # no method attached (e.g. a script reading the corpus)
+            return CLIP_CONTEXT_LENGTH
+        plain = getattr(tokenizer.clean_fn, "__name__", "") == "_clean_lower"
+        if type(tokenizer) is SimpleTokenizer and plain and tokenizer.reduction_fn is None:
+            return int(tokenizer.context_length)
+        rank_zero_warn(
+            f"{type(tokenizer).__name__} is not CLIP's SimpleTokenizer: training texts are "
+            "labelled in full, also where the text encoder cuts them"
+        )
+        return None
 
     # ---- frozen feature caches -------------------------------------------------------------
     def _text_request(self) -> TextRequest:

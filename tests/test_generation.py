@@ -136,8 +136,25 @@ def test_folder_layout_and_manifest_contract(sd, tmp_path):
     ]  # fmt: skip
 
 
+def assert_close_images(a: list[tuple], b: list[tuple], max_fraction: float = 0.01) -> None:
+    """Same manifest fields; pixels at most 1 grey level apart, at most ``max_fraction`` of them.
+
+    Batched CPU kernels (GEMV for one prompt, GEMM blockings for several) are not bit-identical
+    across batch compositions, on one machine or between machines: diffusers guarantees the
+    starting noise per seed, not the bytes. Resume and sharding keep each batch's composition
+    (see ``generation.runner``), so only a changed ``--batch-size`` shows this difference.
+    """
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x[:7] == y[:7]
+        px, py = (np.asarray(Image.open(io.BytesIO(s[7])), dtype=int) for s in (x, y))
+        diff = np.abs(px - py)
+        assert diff.max() <= 1, f"{x[0]} k={x[1]}: {diff.max()} grey levels apart"
+        assert (diff > 0).mean() <= max_fraction, f"{x[0]} k={x[1]}: {(diff > 0).mean():.2%}"
+
+
 def test_batch_size_does_not_change_images(sd, tmp_path):
-    world = WorldRenderer(image_size=40)
+    world = WorldRenderer(image_size=40)  # numpy, one image at a time: identical by design
     one = generate_images(world, CAPTIONS, tmp_path / "w1", batch_size=1, progress=False)
     four = generate_images(world, CAPTIONS, tmp_path / "w4", batch_size=4, progress=False)
     assert snapshot(one) == snapshot(four)
@@ -146,12 +163,10 @@ def test_batch_size_does_not_change_images(sd, tmp_path):
         b: snapshot(generate_images(sd, CAPTIONS, tmp_path / f"sd{b}", 2, b, progress=False))
         for b in (1, 2, 4)
     }
-    assert runs[2] == runs[4]  # same seeds, same starting noise, same images
-    # A batch of one takes other CPU kernels (GEMV, not GEMM): at most 1/255 apart.
-    for a, b in zip(runs[1], runs[4], strict=True):
-        assert a[:7] == b[:7]
-        x, y = (np.asarray(Image.open(io.BytesIO(s[7])), dtype=int) for s in (a, b))
-        assert np.abs(x - y).max() <= 1
+    # Same seeds, same starting noise; the pixels agree within the kernels' rounding.
+    assert_close_images(runs[1], runs[2])
+    assert_close_images(runs[1], runs[4])
+    assert_close_images(runs[2], runs[4])
 
 
 def test_two_shards_cover_every_image_once(sd, tmp_path):

@@ -70,60 +70,69 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def read_caption_jsonl(path: Path) -> list[CaptionItem]:
+    """``{"id", "text", "labels"}`` lines; the labels are taken as given (UTF-8, BOM and CRLF
+    handled; a bad line is an error naming the file, line and column)."""
+    from mlr_bench.text.sources import iter_text_lines
+
     items = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CaptionFileError(
-                    f"{where}: invalid JSON ({exc.msg}); expected {JSONL_FORMAT}"
-                ) from None
-            cid = record.get("id") if isinstance(record, dict) else None
-            text = record.get("text") if isinstance(record, dict) else None
-            labels = record.get("labels", []) if isinstance(record, dict) else None
-            if isinstance(cid, int) and not isinstance(cid, bool):
-                cid = str(cid)
-            if (
-                not isinstance(cid, str)
-                or not isinstance(text, str)
-                or not isinstance(labels, list)
-                or not all(isinstance(x, str) for x in labels)
-            ):
-                raise CaptionFileError(
-                    f'{where}: missing or bad "id", "text" or "labels"; expected {JSONL_FORMAT}'
-                )
-            items.append(CaptionItem(cid, text, tuple(labels)))
+    for number, line in iter_text_lines(path, JSONL_FORMAT):
+        if not line.strip():
+            continue
+        where = f"{path}, line {number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CaptionFileError(
+                f"{where}: invalid JSON at column {exc.colno} ({exc.msg}); expected {JSONL_FORMAT}"
+            ) from None
+        cid = record.get("id") if isinstance(record, dict) else None
+        text = record.get("text") if isinstance(record, dict) else None
+        labels = record.get("labels", []) if isinstance(record, dict) else None
+        if isinstance(cid, int) and not isinstance(cid, bool):
+            cid = str(cid)
+        if (
+            not isinstance(cid, str)
+            or not isinstance(text, str)
+            or not isinstance(labels, list)
+            or not all(isinstance(x, str) for x in labels)
+        ):
+            raise CaptionFileError(
+                f'{where}: missing or bad "id", "text" or "labels"; expected {JSONL_FORMAT}'
+            )
+        if not text.strip():
+            raise CaptionFileError(f'{where}: empty "text"; expected {JSONL_FORMAT}')
+        items.append(CaptionItem(cid, text, tuple(labels)))
     return items
 
 
 def read_coco_caption_items(path: Path, data: str | None, one_per_image: bool) -> list[CaptionItem]:
-    """COCO captions labelled with ``data``'s synonyms; captions naming no class are dropped."""
+    """COCO captions labelled with ``data``'s synonyms; captions naming no class are dropped.
+
+    Stable Diffusion's CLIP text encoder reads 77 tokens: a caption is cut to them before it is
+    labelled, so that no label names something the image was never asked to show.
+    """
     from mlr_bench.text.labeler import SynonymLabeler
+    from mlr_bench.text.sources import read_json_file
     from mlr_bench.text.synonyms import synonym_table
+    from mlr_bench.text.truncate import ContextTruncator
 
     if data is None or data == "world":
         raise CaptionFileError(
             f"{path}: a COCO captions file needs --data voc2007|coco2014|nuswide to label it "
             "(or write JSON lines with labels)"
         )
-    try:
-        annotations = json.loads(path.read_text(encoding="utf-8")).get("annotations")
-    except (json.JSONDecodeError, AttributeError) as exc:
-        raise CaptionFileError(f"{path}: not {COCO_FORMAT} ({exc})") from None
+    document = read_json_file(path, COCO_FORMAT)
+    annotations = document.get("annotations") if isinstance(document, dict) else None
     if not isinstance(annotations, list):
         raise CaptionFileError(f'{path}: no "annotations" list; expected {COCO_FORMAT}')
-    records = []
+    records, truncate = [], ContextTruncator()
     for i, ann in enumerate(annotations, start=1):
         ok = isinstance(ann, dict) and isinstance(ann.get("caption"), str)
         if not ok or not isinstance(ann.get("id"), int):
             raise CaptionFileError(
                 f'{path}, annotation {i}: missing or bad "id" or "caption"; expected {COCO_FORMAT}'
             )
-        records.append((ann["id"], ann.get("image_id"), ann["caption"].strip()))
+        records.append((ann["id"], ann.get("image_id"), truncate(ann["caption"].strip())))
     records.sort(key=lambda r: r[0])
     if one_per_image:
         seen: set = set()
@@ -212,5 +221,10 @@ def generate_main(argv: list[str]) -> int:
     except MLRBenchError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    print(
+        f"{PROG}: {len(items) * args.images_per_caption} images in {folder}; train on them with "
+        f"--data.generated_dir {folder}" + (f" --data {args.data}" if args.data else ""),
+        file=sys.stderr,
+    )
     print(folder)
     return 0

@@ -152,9 +152,12 @@ def read_manifest(folder: str | Path) -> list[GeneratedImage]:
             "(settings.json, images/, manifest.jsonl)"
         )
     if not (folder / SETTINGS).is_file() and not manifest_files(folder):
+        inside = sorted(p for p in folder.iterdir() if (p / SETTINGS).is_file())
+        hint = f"; it holds {', '.join(map(str, inside))}: pass one of those" if inside else ""
         raise ManifestError(
             f"{folder}: no settings.json or manifest.jsonl; expected an output folder of "
-            "`mlr-bench generate` (its subfolder named <generator>-<hash>)"
+            "`mlr-bench generate` (its subfolder named <generator>-<hash>, the path it printed "
+            f"last){hint}"
         )
     return sorted(load_entries(folder, check_files=True).values(), key=sort_key)
 

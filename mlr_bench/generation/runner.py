@@ -4,8 +4,9 @@ Resume and sharding both rest on one rule: the work is a fixed list of batches. 
 ``(caption, k)`` pairs in caption order, cut into batches of ``batch_size``; batch ``b`` belongs
 to rank ``b % world_size``. A batch with any image missing is generated again *whole*, so every
 image is always computed in the same batch as in an uninterrupted run and the bytes match (batched
-kernels are not bit-identical across batch compositions). Each image is written to a temporary
-file and renamed into place; only then is its manifest line appended.
+kernels are not bit-identical across batch compositions: another ``batch_size`` gives images
+within one grey level at a small fraction of pixels, not the same bytes). Each image is written
+to a temporary file and renamed into place; only then is its manifest line appended.
 """
 
 from __future__ import annotations

@@ -52,6 +52,7 @@ from mlr_bench.text.sources import (
     read_localized_narratives,
     read_text_lines,
 )
+from mlr_bench.text.truncate import CLIP_CONTEXT_LENGTH, TRUNCATION_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,7 @@ def _save(path: Path, loaded: LoadedCorpus, key: Mapping[str, Any]) -> None:
     encoded = [t.encode("utf-8") for t in loaded.corpus.texts]
     offsets = np.cumsum([0, *map(len, encoded)], dtype=np.int64)
     meta = {"key": dict(key), "dropped": loaded.dropped, "skipped": loaded.skipped}
+    meta |= {"capped": loaded.capped, "truncated": loaded.truncated}
     arrays = {
         "labels": loaded.corpus.labels.astype(np.int8),
         "text_bytes": np.frombuffer(b"".join(encoded), dtype=np.uint8),
@@ -187,7 +189,8 @@ def _load(path: Path, key: Mapping[str, Any]) -> LoadedCorpus | None:
                 return None
             data, offsets, labels = z["text_bytes"].tobytes(), z["offsets"], z["labels"]
         texts = [data[a:b].decode("utf-8") for a, b in itertools.pairwise(offsets.tolist())]
-        return LoadedCorpus(TextCorpus(texts, labels), meta["dropped"], meta["skipped"])
+        counts = [meta[k] for k in ("dropped", "skipped", "capped", "truncated")]
+        return LoadedCorpus(TextCorpus(texts, labels), *counts)
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, UnicodeDecodeError) as e:
         log.warning("corpus cache %s is unreadable (%s); rebuilding it", path, e)
         return None
@@ -225,10 +228,10 @@ def cached_corpus(
 
 #: Source kinds ``load_corpus`` reads, with the options each accepts.
 SOURCES = {
-    "coco_captions": ("one_per_image", "on_error", "cap"),
-    "localized_narratives": ("max_words", "on_error", "cap"),
-    "llm_descriptions": ("on_error", "cap"),
-    "text_lines": ("cap",),
+    "coco_captions": ("one_per_image", "on_error", "cap", "context_length"),
+    "localized_narratives": ("max_words", "on_error", "cap", "context_length"),
+    "llm_descriptions": ("on_error", "cap", "context_length"),
+    "text_lines": ("cap", "context_length"),
 }
 
 
@@ -248,6 +251,8 @@ def load_corpus(
     unknown = set(options) - set(SOURCES[kind])
     if unknown:
         raise TypeError(f"{kind} takes options {SOURCES[kind]}, not {sorted(unknown)}")
+    # Texts are cut to the encoder's context before labelling: the cut is part of the key.
+    options.setdefault("context_length", CLIP_CONTEXT_LENGTH)
 
     def build() -> LoadedCorpus:
         if kind == "llm_descriptions":
@@ -264,6 +269,7 @@ def load_corpus(
         return build()
     key = {
         "labeler": LABELER_VERSION,
+        "truncation": TRUNCATION_VERSION,
         "table": synonym_table_hash(class_names, synonyms),
         "options": dict(sorted(options.items())),
     }

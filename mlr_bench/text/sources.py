@@ -6,14 +6,20 @@
   set, *not* parsed from the text (as CoMC does).
 * Plain text lines (PVP's LLM sentences): labels parsed.
 
-Texts that name no class are dropped and counted; malformed records raise ``CorpusFormatError``
-naming the file and line, or with ``on_error="skip"`` are skipped and counted.
+Every text is first cut to what the CLIP text encoder reads (``context_length`` tokens, see
+:mod:`mlr_bench.text.truncate`), so labels never come from words the model does not see. Texts
+that name no class are dropped and counted; malformed records raise ``CorpusFormatError``
+naming the file and line (and column or offset), or with ``on_error="skip"`` are skipped and
+counted. Files are UTF-8 (a byte-order mark is ignored, CRLF and CR line ends are lines); other
+bytes are an error naming the line and byte. :func:`check_training_corpus` turns a corpus in
+which nothing is labelled into an error and a nearly empty or degenerate one into warnings.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +29,7 @@ import numpy as np
 from mlr_bench.errors import MLRBenchError
 from mlr_bench.text.corpus import TextCorpus
 from mlr_bench.text.labeler import SynonymLabeler, phrase_variants
+from mlr_bench.text.truncate import CLIP_CONTEXT_LENGTH, truncator_for
 
 OnError = Literal["error", "skip"]
 
@@ -38,14 +45,27 @@ class CorpusFormatError(MLRBenchError):
         super().__init__(f"{path}, {where}: {problem}; expected {expected}")
 
 
+class EmptyCorpusError(MLRBenchError):
+    """A training corpus in which no text names any class: training would see templates only."""
+
+
 @dataclass(frozen=True)
 class LoadedCorpus:
-    """A labelled corpus, the texts dropped for naming no class, and the malformed records
-    skipped (``on_error="skip"``): counts worth reporting, since they change the training set."""
+    """A labelled corpus and what happened to the other texts read: dropped for naming no
+    class, malformed and skipped (``on_error="skip"``), removed by the per-class ``cap``, and
+    how many were cut to the encoder's context before labelling. Worth reporting: each changes
+    the training set."""
 
     corpus: TextCorpus
     dropped: int = 0
     skipped: int = 0
+    capped: int = 0
+    truncated: int = 0
+
+    @property
+    def read(self) -> int:
+        """Texts (records) read from the file, kept or not."""
+        return len(self.corpus) + self.dropped + self.skipped + self.capped
 
 
 def _check_on_error(on_error: str) -> None:
@@ -54,11 +74,25 @@ def _check_on_error(on_error: str) -> None:
 
 
 def _labelled(
-    texts: Iterable[str], labeler: SynonymLabeler, skipped: int, cap: int | None
+    texts: Iterable[str],
+    labeler: SynonymLabeler,
+    skipped: Callable[[], int],
+    cap: int | None,
+    context_length: int | None,
 ) -> LoadedCorpus:
-    result = labeler.label_texts(texts)
+    """Cut each text to the encoder's context, label it, then cap; ``skipped()`` is read last
+    (the reader counts malformed records while ``texts`` is consumed)."""
+    truncate = truncator_for(context_length)
+    result = labeler.label_texts(texts if truncate is None else map(truncate, texts))
     corpus = TextCorpus(result.texts, result.labels)
-    return LoadedCorpus(cap_per_class(corpus, cap), result.dropped, skipped)
+    capped = cap_per_class(corpus, cap)
+    return LoadedCorpus(
+        capped,
+        result.dropped,
+        skipped(),
+        len(corpus) - len(capped),
+        0 if truncate is None else truncate.cut,
+    )
 
 
 def cap_per_class(corpus: TextCorpus, cap: int | None) -> TextCorpus:
@@ -84,31 +118,102 @@ def cap_per_class(corpus: TextCorpus, cap: int | None) -> TextCorpus:
     return TextCorpus([corpus.texts[i] for i in keep], corpus.labels[keep])
 
 
-def _read_json(path: Path, expected: str) -> Any:
+_BOM = b"\xef\xbb\xbf"
+
+
+def _decode(path: Path, data: bytes, first_line: int, expected: str, offset: int = 0) -> str:
+    """``data`` (starting at line ``first_line``, file offset ``offset``) as UTF-8; bad bytes
+    are an error naming the line, the byte in it and the file offset."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = first_line + data.count(b"\n", 0, e.start)
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
         raise CorpusFormatError(
-            path, f"line {e.lineno}", f"invalid JSON ({e.msg})", expected
-        ) from e
+            path, f"line {line}, byte {column} (file offset {offset + e.start:,})",
+            f"not UTF-8 text (byte 0x{data[e.start]:02x}); re-save the file as UTF-8",
+            expected,
+        ) from None  # fmt: skip
+
+
+def _json_error(
+    path: Path, where: str, e: json.JSONDecodeError, expected: str, scope: str = "file"
+) -> CorpusFormatError:
+    """Where the JSON broke: column and character offset in the ``scope`` ("file" or "line"),
+    and whether the text simply ends there (a truncated file)."""
+    ends = e.pos >= len(e.doc.rstrip()) or e.msg.startswith("Unterminated string")  # at EOF
+    hint = f"; the {scope} ends there: is the file truncated (interrupted copy, full disk)?"
+    return CorpusFormatError(
+        path, where,
+        f"invalid JSON at column {e.colno} (character {e.pos:,} of the {scope}'s "
+        f"{len(e.doc):,}): {e.msg}" + (hint if ends else ""),
+        expected,
+    )  # fmt: skip
+
+
+def read_json_file(path: str | Path, expected: str) -> Any:
+    """A whole-file JSON document; empty, non-UTF-8 or invalid JSON is a ``CorpusFormatError``
+    naming the line, column and character offset."""
+    path = Path(path)
+    data = path.read_bytes()
+    bom = len(_BOM) if data.startswith(_BOM) else 0
+    if not data[bom:].strip():
+        raise CorpusFormatError(path, "the whole file", "the file is empty", expected)
+    text = _decode(path, data[bom:], 1, expected, bom)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _json_error(path, f"line {e.lineno}", e, expected) from None
+
+
+def iter_text_lines(
+    path: str | Path,
+    expected: str,
+    on_bad: Callable[[CorpusFormatError], None] | None = None,
+) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` of a UTF-8 text file, line ends removed, streamed (files of
+    millions of lines). A byte-order mark is dropped; LF, CRLF and CR all end a line. A line
+    that is not UTF-8 raises, or is passed to ``on_bad`` and left out."""
+    path = Path(path)
+    number, offset = 0, 0
+    with open(path, "rb") as f:
+        for raw in f:
+            start = offset
+            offset += len(raw)
+            if number == 0 and raw.startswith(_BOM):
+                raw, start = raw[len(_BOM) :], start + len(_BOM)
+            raw = raw.removesuffix(b"\n")
+            parts = raw.split(b"\r") if b"\r" in raw else [raw]
+            if len(parts) > 1 and parts[-1] == b"":
+                parts.pop()  # CRLF or a final CR: it ends the line, it starts no other
+            for part in parts:
+                number += 1
+                try:
+                    yield number, _decode(path, part, number, expected, start)
+                except CorpusFormatError as e:
+                    if on_bad is None:
+                        raise
+                    on_bad(e)
+                start += len(part) + 1
 
 
 def _json_lines(
     path: Path, on_error: OnError, expected: str, counter: list[int]
 ) -> Iterator[tuple[int, Any]]:
-    """``(line number, parsed object)`` for the non-blank lines; bad JSON raises or is counted."""
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as e:
-                if on_error == "error":
-                    raise CorpusFormatError(
-                        path, f"line {number}", f"invalid JSON ({e.msg})", expected
-                    ) from e
-                counter[0] += 1
+    """``(line number, parsed object)`` for the non-blank lines; bad lines raise or are counted."""
+
+    def count(_: CorpusFormatError) -> None:
+        counter[0] += 1
+
+    for number, line in iter_text_lines(path, expected, None if on_error == "error" else count):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as e:
+            if on_error == "error":
+                raise _json_error(path, f"line {number}", e, expected, "line") from None
+            counter[0] += 1
 
 
 def _string_field(record: Any, field: str) -> str | None:
@@ -123,15 +228,17 @@ def read_coco_captions(
     one_per_image: bool = False,
     on_error: OnError = "error",
     cap: int | None = None,
+    context_length: int | None = CLIP_CONTEXT_LENGTH,
 ) -> LoadedCorpus:
     """COCO caption annotations (``captions_train2017.json``), labels parsed from the captions.
 
     ``one_per_image`` keeps each image's caption with the lowest annotation id (deterministic;
-    TaI-DPT uses one caption per train2017 image). Captions are in annotation-id order.
+    TaI-DPT uses one caption per train2017 image). Captions are in annotation-id order, cut to
+    ``context_length`` CLIP tokens before labelling.
     """
     _check_on_error(on_error)
     path = Path(path)
-    data = _read_json(path, COCO_FORMAT)
+    data = read_json_file(path, COCO_FORMAT)
     annotations = data.get("annotations") if isinstance(data, dict) else None
     if not isinstance(annotations, list):
         raise CorpusFormatError(path, "top level", 'no "annotations" list', COCO_FORMAT)
@@ -139,7 +246,7 @@ def read_coco_captions(
     for i, ann in enumerate(annotations, start=1):
         caption = _string_field(ann, "caption")
         ids = [ann.get(k) if isinstance(ann, dict) else None for k in ("id", "image_id")]
-        if caption is None or not all(isinstance(x, int) for x in ids):
+        if caption is None or not all(_is_int(x) for x in ids):
             if on_error == "error":
                 raise CorpusFormatError(
                     path, f"annotation {i}", 'missing or bad "id", "image_id" or "caption"',
@@ -152,7 +259,12 @@ def read_coco_captions(
     if one_per_image:
         seen: set[int] = set()
         records = [r for r in records if not (r[1] in seen or seen.add(r[1]))]
-    return _labelled((r[2].strip() for r in records), labeler, skipped, cap)
+    texts = (r[2].strip() for r in records)
+    return _labelled(texts, labeler, lambda: skipped, cap, context_length)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def read_localized_narratives(
@@ -162,11 +274,13 @@ def read_localized_narratives(
     max_words: int | None = None,
     on_error: OnError = "error",
     cap: int | None = None,
+    context_length: int | None = CLIP_CONTEXT_LENGTH,
 ) -> LoadedCorpus:
     """OpenImages Localized Narratives (JSON lines with a ``caption``), labels parsed.
 
-    ``max_words`` keeps the first words of each narrative (TaI-DPT: 77) for both the text and
-    its labels: narratives are long, and CLIP reads at most 77 tokens anyway.
+    ``max_words`` keeps the first words of each narrative (TaI-DPT: 77); the result is then cut
+    to ``context_length`` CLIP tokens (77 words are often more than 75 tokens), and only what
+    is left is labelled.
     """
     _check_on_error(on_error)
     path = Path(path)
@@ -185,18 +299,47 @@ def read_localized_narratives(
             words = caption.split()
             yield " ".join(words[:max_words] if max_words is not None else words)
 
-    result = labeler.label_texts(texts())
-    corpus = cap_per_class(TextCorpus(result.texts, result.labels), cap)
-    return LoadedCorpus(corpus, result.dropped, counter[0])
+    return _labelled(texts(), labeler, lambda: counter[0], cap, context_length)
 
 
 def read_text_lines(
-    path: str | Path, labeler: SynonymLabeler, *, cap: int | None = None
+    path: str | Path,
+    labeler: SynonymLabeler,
+    *,
+    cap: int | None = None,
+    context_length: int | None = CLIP_CONTEXT_LENGTH,
 ) -> LoadedCorpus:
-    """One sentence per line (PVP's LLM sentences), labels parsed; blank lines are ignored."""
-    with open(path, encoding="utf-8") as f:
-        lines = [line.strip() for line in f]
-    return _labelled((line for line in lines if line), labeler, 0, cap)
+    """One sentence per line (PVP's LLM sentences), labels parsed from the part of each line
+    the encoder reads (``context_length`` CLIP tokens); blank lines are ignored.
+
+    A file whose first line is a JSON object is refused: it is a ``{"labels", "description"}``
+    file named ``.txt``, whose JSON keys would be labelled as words.
+    """
+    path = Path(path)
+    expected = "UTF-8 text, one sentence per line"
+
+    def texts() -> Iterator[str]:
+        first = True
+        for number, line in iter_text_lines(path, expected):
+            line = line.strip()
+            if not line:
+                continue
+            if first and line.startswith("{"):
+                try:
+                    looks_like_json = isinstance(json.loads(line), dict)
+                except json.JSONDecodeError:
+                    looks_like_json = False
+                if looks_like_json:
+                    raise CorpusFormatError(
+                        path, f"line {number}",
+                        "a JSON object, not a sentence (JSON lines must be named .jsonl or "
+                        ".json, so that their labels are read instead of parsed)",
+                        expected,
+                    )  # fmt: skip
+            first = False
+            yield line
+
+    return _labelled(texts(), labeler, lambda: 0, cap, context_length)
 
 
 def class_name_index(
@@ -217,6 +360,13 @@ def class_name_index(
     return index
 
 
+def _first_char(path: Path) -> str:
+    """The first non-blank character of a file (a byte-order mark skipped), or ''."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    return head.removeprefix(_BOM).lstrip()[:1].decode("ascii", errors="replace")
+
+
 def read_llm_descriptions(
     path: str | Path,
     class_names: Sequence[str],
@@ -224,35 +374,43 @@ def read_llm_descriptions(
     *,
     on_error: OnError = "error",
     cap: int | None = None,
+    context_length: int | None = CLIP_CONTEXT_LENGTH,
 ) -> LoadedCorpus:
     """CoMC-style LLM descriptions; the labels are the requested class names, not parsed.
 
     A label naming no class is always an error (it means the file was made for another class
-    list); records with an empty label list are dropped and counted.
+    list); records with an empty label list are dropped and counted, an empty description is
+    malformed. A description longer than ``context_length`` CLIP tokens is cut, and a
+    requested label whose class the labeler finds only in the cut-off part is removed (the
+    model never reads that mention); the record is dropped when no label is left.
     """
     _check_on_error(on_error)
     path = Path(path)
-    head = path.read_text(encoding="utf-8").lstrip()[:1]
     counter = [0]
-    if head == "[":
-        data = _read_json(path, LLM_FORMAT)
+    if _first_char(path) == "[":
+        data = read_json_file(path, LLM_FORMAT)
         records: Iterable[tuple[str, Any]] = ((f"entry {i}", r) for i, r in enumerate(data, 1))
     else:
         records = ((f"line {n}", r) for n, r in _json_lines(path, on_error, LLM_FORMAT, counter))
     index = class_name_index(class_names, synonyms)
+    truncate = truncator_for(context_length)
+    labeler: SynonymLabeler | None = None
     texts, rows, dropped = [], [], 0
     for where, record in records:
         text = _string_field(record, "description")
         names = record.get("labels") if isinstance(record, dict) else None
+        problem = None
         if (
             text is None
             or not isinstance(names, list)
             or not all(isinstance(n, str) for n in names)
         ):
+            problem = 'missing or bad "labels" or "description"'
+        elif not text.strip():
+            problem = 'empty "description"'
+        if problem is not None:
             if on_error == "error":
-                raise CorpusFormatError(
-                    path, where, 'missing or bad "labels" or "description"', LLM_FORMAT
-                )
+                raise CorpusFormatError(path, where, problem, LLM_FORMAT)
             counter[0] += 1
             continue
         classes: set[int] = set()
@@ -263,12 +421,81 @@ def read_llm_descriptions(
                     path, where, f"label {name!r} names none of the classes", LLM_FORMAT
                 )
             classes |= found
+        text = text.strip()
+        if truncate is not None and classes:
+            kept = truncate(text)
+            if kept != text:
+                labeler = labeler or SynonymLabeler(class_names, synonyms or {})
+                only_cut = labeler.classes_in(text) - labeler.classes_in(kept)
+                classes = classes - only_cut if kept else set()
+                text = kept
         if not classes:
             dropped += 1
             continue
-        texts.append(text.strip())
+        texts.append(text)
         rows.append(sorted(classes))
     labels = np.zeros((len(texts), len(class_names)), dtype=np.int8)
     for i, classes_i in enumerate(rows):
         labels[i, classes_i] = 1
-    return LoadedCorpus(cap_per_class(TextCorpus(texts, labels), cap), dropped, counter[0])
+    corpus = TextCorpus(texts, labels)
+    capped = cap_per_class(corpus, cap)
+    truncated = 0 if truncate is None else truncate.cut
+    return LoadedCorpus(capped, dropped, counter[0], len(corpus) - len(capped), truncated)
+
+
+def check_training_corpus(
+    loaded: LoadedCorpus, source: str | Path, class_names: Sequence[str]
+) -> list[str]:
+    """Refuse a corpus in which no text names a class, and describe worrying ones.
+
+    Raises :class:`EmptyCorpusError` (naming ``source`` and the counts) when no text was kept:
+    training would run on template sentences alone and look like it worked. Returns warnings
+    (the caller emits them) for: fewer than 1 % of the texts read kept; texts cut to the
+    encoder's context; classes that no text names; and mostly repeated texts.
+    """
+    n, read = len(loaded.corpus), loaded.read
+    counts = (
+        f"{read:,} texts read: {n:,} kept, {loaded.dropped:,} naming no class, "
+        f"{loaded.skipped:,} malformed and skipped"
+        + (f", {loaded.capped:,} over the per-class cap" if loaded.capped else "")
+    )
+    if n == 0:
+        hint = (
+            "The file holds no text."
+            if read == 0
+            else "Is it the corpus of another dataset, or in another language?"
+        )
+        raise EmptyCorpusError(
+            f"{source}: no text names any of the {len(class_names)} classes ({counts}). {hint} "
+            "Training on it would use the template sentences alone. Classes are matched by "
+            f"name and synonyms, e.g. {', '.join(repr(c) for c in list(class_names)[:5])}."
+        )
+    warnings_: list[str] = []
+    if n + loaded.capped < 0.01 * read:
+        warnings_.append(
+            f"{source}: only {n + loaded.capped:,} of {read:,} texts name a class "
+            f"({100 * (n + loaded.capped) / read:.2f} %; {counts}). Is it the right corpus "
+            "for this dataset?"
+        )
+    if loaded.truncated:
+        warnings_.append(
+            f"{source}: {loaded.truncated:,} texts are longer than the text encoder's context "
+            "and were cut before labelling (labels come only from the part the encoder reads)"
+        )
+    missing = [
+        c for c, k in zip(class_names, loaded.corpus.labels.sum(axis=0), strict=True) if k == 0
+    ]
+    if missing:
+        warnings_.append(
+            f"{source}: {len(missing)} of {len(class_names)} classes are named by no kept text "
+            f"({', '.join(missing[:10])}{', ...' if len(missing) > 10 else ''}); they train on "
+            "template sentences only"
+        )
+    distinct = Counter(loaded.corpus.texts)
+    if n >= 10 and len(distinct) < 0.5 * n:
+        text, times = distinct.most_common(1)[0]
+        warnings_.append(
+            f"{source}: only {len(distinct):,} distinct texts among the {n:,} kept (the most "
+            f"repeated, {times:,} times: {text[:80]!r}); repeated texts weigh their labels more"
+        )
+    return warnings_
