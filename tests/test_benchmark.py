@@ -204,7 +204,7 @@ def test_all_methods_in_registry_order() -> None:
     expected = [n for n in registry.entries(registry.METHODS_GROUP) if n in loaded]
     assert resolve_names("method", "all") == expected
     assert resolve_names("method", "CoMC,zeroshot") == ["comc", "zeroshot"]
-    with pytest.raises(MLRBenchError, match="unknown --method 'nope'"):
+    with pytest.raises(MLRBenchError, match=r"--methods: unknown method name\(s\) 'nope'"):
         resolve_names("method", "zeroshot,nope")
 
 

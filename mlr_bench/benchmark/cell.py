@@ -21,10 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from mlr_bench.benchmark.matrix import Cell
+from mlr_bench.benchmark.process import terminating
 from mlr_bench.errors import MLRBenchError
 from mlr_bench.runs import atomic_write_json, atomic_write_text
 
 RESULT = "result.json"
+#: The cell's settings and fingerprint, written before it starts; copied into result.json.
+CELL = "cell.json"
 ERROR = "error.txt"
 LOG = "log.txt"
 TAIL_LINES = 40
@@ -106,7 +109,7 @@ def run_cell_here(cell: Cell, args: Sequence[str]) -> dict[str, Any] | None:
         try:
             cli = run_cli(list(args))
         except SystemExit:
-            if pressed:  # Lightning turns Ctrl-C during fit/test into SystemExit(1)
+            if pressed or terminating():  # Lightning turns Ctrl-C into SystemExit(1)
                 raise KeyboardInterrupt from None
             raise
     trainer = getattr(cli, "trainer", None)
@@ -208,8 +211,25 @@ def run_and_record(cell: Cell, cell_dir: Path, args: Sequence[str]) -> dict[str,
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # SystemExit too: the CLI's user errors end that way
+        if terminating():  # stopped from outside: not this cell's failure
+            raise KeyboardInterrupt from None
         atomic_write_text(cell_dir / ERROR, describe_failure(cell, exc, log_file))
         return None
     if record is not None:
-        atomic_write_json(cell_dir / RESULT, record)
+        write_result(cell_dir, record)
     return record
+
+
+def write_result(cell_dir: Path, record: dict[str, Any]) -> None:
+    """``result.json``, last and atomically, carrying the settings the cell was started with
+    (its ``cell.json``): a later benchmark with other settings then cannot take it for its
+    own. A cell whose run left ``error.txt`` (e.g. another DDP rank failed) is not done."""
+    try:
+        started = json.loads((cell_dir / CELL).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        started = {}
+    if isinstance(started, dict):
+        record = {**record, **{k: started[k] for k in ("settings", "fingerprint") if k in started}}
+    if (cell_dir / ERROR).exists():
+        return
+    atomic_write_json(cell_dir / RESULT, record)

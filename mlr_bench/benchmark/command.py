@@ -6,6 +6,7 @@ import argparse
 import inspect
 import secrets
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -14,9 +15,18 @@ from typing import Any
 
 from mlr_bench.benchmark import matrix as mx
 from mlr_bench.benchmark.plots import plot_all
+from mlr_bench.benchmark.process import Terminated, stop_on_signals
 from mlr_bench.benchmark.reference import load_reference
 from mlr_bench.benchmark.report import leaderboard_markdown, rows_to_csv, summarise, to_rows
-from mlr_bench.benchmark.runner import CellRunner, Isolation, MatrixOutcome, run_matrix
+from mlr_bench.benchmark.runner import (
+    CellRunner,
+    Isolation,
+    MatrixOutcome,
+    folder_records,
+    os_error_message,
+    plan_cells,
+    run_matrix,
+)
 from mlr_bench.errors import MLRBenchError
 from mlr_bench.runs import atomic_write_json, atomic_write_text
 
@@ -53,6 +63,40 @@ def benchmark_identity(out: Path, name: str | None) -> dict[str, Any]:
     return {"name": name, "id": f"{name}-{stamp}-{secrets.token_hex(2)}", "created": stamp}
 
 
+def prepare_out(out: Path) -> None:
+    """``--out`` must be a folder this process can write into: say so before any cell runs."""
+    if out.exists() and not out.is_dir():
+        raise MLRBenchError(f"--out: {out} is a file; expected a folder (new, or a benchmark's)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise MLRBenchError(
+            f"--out: cannot write into {exc.filename or out} ({exc.strerror or exc}); choose "
+            "a folder you can write to"
+        ) from None
+
+
+def _names_in_order(first: Sequence[Any], records: Sequence[dict[str, Any]], key: str) -> list:
+    """``first`` (what was asked for), then what else the folder's cells have, sorted."""
+    extra = sorted({r[key] for r in records} - set(first), key=str)
+    return [*first, *extra]
+
+
+def coverage_text(out: Path, asked: Sequence[dict[str, Any]], others: Sequence[Any]) -> str:
+    """The leaderboard's first line: exactly which cells it covers."""
+    finished = sum(r.get("status") == "ok" for r in asked)
+    text = (
+        f"Covers every finished cell in `{out}`: {finished} of the {len(asked)} cell(s) this "
+        f"run asked for, plus {len(others)} other finished cell(s) found there."
+    )
+    running = sum(r.get("status") == "running" for r in asked)
+    if running:
+        text += f" {running} cell(s) being run by another benchmark are not included."
+    return text
+
+
 def run_benchmark(
     methods: Sequence[str],
     datasets: Sequence[str],
@@ -62,14 +106,21 @@ def run_benchmark(
     isolation: Isolation = "subprocess",
     name: str | None = None,
     runner: CellRunner | None = None,
+    rerun: bool = False,
 ) -> BenchmarkResult:
-    """Run (or resume) the matrix in ``out`` and write every output; failures are recorded."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Run (or resume) the matrix in ``out`` and write every output; failures are recorded.
+
+    Cells finished earlier with other settings stop it before anything is written
+    (``MLRBenchError``) unless ``rerun``. The tables and plots cover every finished cell in
+    ``out``, including other methods, datasets and seeds of earlier runs.
+    """
+    prepare_out(out)
     meta = benchmark_identity(out, name)
     settings = settings or mx.CellSettings()
     if settings.logger == "wandb":
         settings.project, settings.group = meta["name"], meta["id"]
     cells = mx.expand(methods, datasets, seeds)
+    planned = plan_cells(cells, out, settings, rerun)  # refuses before anything is written
     meta |= {
         "methods": list(methods),
         "datasets": list(datasets),
@@ -79,11 +130,31 @@ def run_benchmark(
         "extra_args": list(settings.extra_args),
         "isolation": isolation,
     }
-    atomic_write_json(out / META, meta)
-    outcome = run_matrix(cells, out, settings, isolation, runner)
+    try:
+        atomic_write_json(out / META, meta)
+    except OSError as exc:
+        raise MLRBenchError(os_error_message(out / META, exc)) from None
+    outcome = run_matrix(cells, out, settings, isolation, runner, rerun, planned)
+    records = outcome.records + folder_records(out, skip={c.name for c in cells})
+    try:
+        return _write_outputs(out, meta, records, outcome, methods, datasets, seeds, settings)
+    except OSError as exc:
+        raise MLRBenchError(os_error_message(out, exc)) from None
 
-    columns, rows = to_rows(outcome.records)
-    per_class = [r.get("per_class_ap") for r in outcome.records]
+
+def _write_outputs(
+    out: Path,
+    meta: dict[str, Any],
+    records: list[dict[str, Any]],
+    outcome: MatrixOutcome,
+    methods: Sequence[str],
+    datasets: Sequence[str],
+    seeds: Sequence[int],
+    settings: mx.CellSettings,
+) -> BenchmarkResult:
+    """results.csv/json, leaderboard.md and plots/ over ``records`` (all of the folder)."""
+    columns, rows = to_rows(records)
+    per_class = [r.get("per_class_ap") for r in records]
     json_rows = [{**row, "per_class_ap": pc} for row, pc in zip(rows, per_class, strict=True)]
     files = {
         "results.csv": out / "results.csv",
@@ -94,15 +165,34 @@ def run_benchmark(
     atomic_write_json(
         files["results.json"], {"benchmark": meta, "columns": columns, "rows": json_rows}
     )
+    all_methods = _names_in_order(methods, records, "method")
+    all_datasets = _names_in_order(datasets, records, "dataset")
+    all_seeds = sorted(set(seeds) | {int(r["seed"]) for r in records if r.get("status") == "ok"})
     leaderboard = leaderboard_markdown(
-        meta["name"], outcome.records, methods, datasets, seeds, load_reference()
+        meta["name"],
+        records,
+        all_methods,
+        all_datasets,
+        all_seeds,
+        load_reference(),
+        coverage=coverage_text(out, outcome.records, records[len(outcome.records) :]),
     )
     atomic_write_text(files["leaderboard.md"], leaderboard)
-    summaries = summarise(outcome.records)
-    plots = plot_all(summaries, methods, datasets, out / "plots", meta["name"], seeds)
+    summaries = summarise(records)
+    plots = plot_all(summaries, all_methods, all_datasets, out / "plots", meta["name"], all_seeds)
     if settings.logger == "wandb":
         log_to_wandb(rows, meta, out)
     return BenchmarkResult(outcome, files, plots, leaderboard, meta)
+
+
+def wandb_sync_hint(out: Path) -> str | None:
+    """How to upload the benchmark's offline W&B runs (cells and leaderboard), if any."""
+    if not any(out.rglob("offline-run-*")):
+        return None
+    return (
+        "W&B runs are offline; upload them all with:\n"
+        f"  find {out} -type d -name 'offline-run-*' -prune -exec wandb sync {{}} +"
+    )
 
 
 def log_to_wandb(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path) -> None:
@@ -129,8 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Run `mlr-bench train` (fit, then test the checkpoint selected on val) for every "
             "method × dataset × seed, each in <out>/<method>-<dataset>-s<seed>/, then write "
-            "results.csv/json, leaderboard.md and plots/. Re-running resumes: finished cells "
-            "are skipped. Arguments after `--` go to every cell."
+            "results.csv/json, leaderboard.md and plots/ (over every finished cell in <out>). "
+            "Re-running resumes: cells finished with the same settings are skipped; cells "
+            "finished with other settings stop it (see --rerun); a cell another benchmark is "
+            "running is skipped. Arguments after `--` go to every cell."
         ),
     )
     parser.add_argument("--methods", default="all", help="comma-separated names, or all")
@@ -154,21 +246,34 @@ def build_parser() -> argparse.ArgumentParser:
         default="subprocess",
         help="one child process per cell (default, robust) or all in this process (faster start)",
     )
+    parser.add_argument(
+        "--rerun",
+        action="store_true",
+        help="run cells again that are finished with other settings (or have a broken "
+        "result.json), replacing their results; default: refuse and say what differs",
+    )
     return parser
 
 
 def benchmark_main(argv: Sequence[str]) -> int:
-    """Entry of ``mlr-bench benchmark``; exit code 1 when any cell failed."""
+    """Entry of ``mlr-bench benchmark``. Exit codes: 0 all cells done; 1 a cell failed or is
+    being run by another benchmark (skipped); 2 bad input, settings conflicting with finished
+    cells, an unwritable folder (one message, nothing run); 130/143/129 on SIGINT/TERM/HUP."""
     argv = list(argv)
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     own = argv[: argv.index("--")] if "--" in argv else argv
     args = build_parser().parse_args(own)
     recipes = None if args.recipes.lower() == "none" else Path(args.recipes).expanduser()
     if recipes is not None and not recipes.is_dir():
-        raise MLRBenchError(f"--recipes: {recipes} is not a folder of <method>_<dataset>.yaml")
+        what = "is not a folder" if recipes.exists() else "does not exist"
+        raise MLRBenchError(
+            f"--recipes: {recipes} {what}; expected a folder of <method>_<dataset>.yaml "
+            "recipes, or 'none'"
+        )
     for config in args.config:
         if not Path(config).expanduser().is_file():
-            raise MLRBenchError(f"--config: {config} does not exist (expected a YAML file)")
+            what = "is not a file" if Path(config).expanduser().exists() else "does not exist"
+            raise MLRBenchError(f"--config: {config} {what} (expected a YAML file)")
     if args.max_epochs is not None and args.max_epochs < 1:
         raise MLRBenchError(f"--max-epochs: expected a positive integer, got {args.max_epochs}")
     settings = mx.CellSettings(
@@ -178,41 +283,73 @@ def benchmark_main(argv: Sequence[str]) -> int:
         max_epochs=args.max_epochs,
         logger=args.logger,
     )
+    methods = mx.resolve_names("method", args.methods)
+    datasets = mx.resolve_names("data", args.data)
+    seeds = mx.parse_seeds(args.seeds)
+    if recipes is not None and recipes.resolve() != mx.DEFAULT_RECIPES:
+        missing = [
+            c.name for c in mx.expand(methods, datasets, seeds[:1]) if not mx.recipe_for(c, recipes)
+        ]
+        if missing:  # your own recipes folder: say which cells fall back to the defaults
+            print(
+                f"mlr-bench benchmark: note: no <method>_<dataset>.yaml in {recipes} for "
+                f"{', '.join(n.rsplit('-s', 1)[0] for n in missing)}; those cells use "
+                "--method/--data with their defaults",
+                file=sys.stderr,
+            )
     try:
-        result = run_benchmark(
-            mx.resolve_names("method", args.methods),
-            mx.resolve_names("data", args.data),
-            mx.parse_seeds(args.seeds),
-            args.out,
-            settings,
-            args.isolation,
-            args.name,
-        )
-    except KeyboardInterrupt:
+        with stop_on_signals():
+            result = run_benchmark(
+                methods, datasets, seeds, args.out, settings, args.isolation, args.name,
+                rerun=args.rerun,
+            )  # fmt: skip
+    except KeyboardInterrupt as exc:
+        how = f"stopped by {exc}" if isinstance(exc, Terminated) else "interrupted"
         print(
-            f"\nmlr-bench benchmark: interrupted. Finished cells are kept in {args.out}; "
-            "run the same command again to resume.",
+            f"\nmlr-bench benchmark: {how}; the running cell was stopped. Finished cells are "
+            f"kept in {args.out}; run the same command again to resume.",
             file=sys.stderr,
         )
-        return 130
+        return 128 + exc.signum if isinstance(exc, Terminated) else 130
     print()
     print(result.leaderboard)
     print("files:")
     for path in [*result.files.values(), *result.plots]:
         print(f"  {path}")
     outcome = result.outcome
+    before = len(outcome.records) - len(outcome.executed) - len(outcome.busy)
     print(
         f"\n{len(outcome.records)} cells: {len(outcome.executed)} run now, "
-        f"{len(outcome.records) - len(outcome.executed)} done before, {len(outcome.failed)} failed"
+        f"{before} done before, {len(outcome.failed)} failed, "
+        f"{len(outcome.busy)} skipped (run by another benchmark)"
     )
+    if settings.logger == "wandb":
+        hint = wandb_sync_hint(args.out)
+        if hint:
+            print(hint)
+    code = 0
+    if outcome.busy:
+        print(
+            f"mlr-bench benchmark: {len(outcome.busy)} cell(s) not done here: another "
+            "benchmark is running them; run the same command again once it has finished:",
+            file=sys.stderr,
+        )
+        for record in outcome.records:
+            if record.get("status") == "running":
+                print(
+                    f"  cell {record['method']}-{record['dataset']}-s{record['seed']} is "
+                    f"{record.get('error')}",
+                    file=sys.stderr,
+                )
+        code = 1
     if outcome.failed:
         print(f"mlr-bench benchmark: {len(outcome.failed)} cell(s) failed:", file=sys.stderr)
         for record in outcome.records:
-            if record.get("status") != "ok":
+            if record.get("status") == "failed":
                 print(
                     f"  {record['method']}-{record['dataset']}-s{record['seed']}: "
                     f"{record.get('error')} (see {record.get('error_file')})",
                     file=sys.stderr,
                 )
-        return 1
-    return 0
+        code = 1
+    return code

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlr_bench
 from mlr_bench import registry
@@ -51,20 +54,33 @@ class CellSettings:
 
 
 def split_list(option: str, value: str) -> list[str]:
-    """``a,b, c`` -> ``["a", "b", "c"]``; an empty list is a user error."""
-    items = [v.strip() for v in value.split(",") if v.strip()]
-    if not items:
+    """``a,b, c`` -> ``["a", "b", "c"]``; an empty list or an empty item (``1,,2``, a trailing
+    comma: usually a lost value) is a user error."""
+    items = [v.strip() for v in value.split(",")]
+    if not any(items):
         raise MLRBenchError(f"{option}: expected a comma-separated list, got {value!r}")
+    if not all(items):
+        raise MLRBenchError(f"{option}: empty item in {value!r}; expected e.g. a,b,c")
     return items
 
 
+#: Seeds ``seed_everything`` accepts; Lightning silently replaces others by 0.
+SEED_RANGE = (0, 2**32 - 1)
+
+
 def parse_seeds(value: str) -> list[int]:
+    """``1,2,3`` -> ``[1, 2, 3]`` (repeats dropped); non-integers and seeds out of range fail."""
     seeds = []
     for item in split_list("--seeds", value):
         try:
-            seeds.append(int(item))
+            seed = int(item)
         except ValueError:
             raise MLRBenchError(f"--seeds: expected integers like 1,2,3, got {item!r}") from None
+        if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+            raise MLRBenchError(
+                f"--seeds: {seed} is out of range; seeds go from {SEED_RANGE[0]} to {SEED_RANGE[1]}"
+            )
+        seeds.append(seed)
     return list(dict.fromkeys(seeds))
 
 
@@ -86,8 +102,16 @@ def resolve_names(kind: str, value: str) -> list[str]:
             )
         return [name for name in registry.entries(group) if name in loaded]
     option = "--methods" if kind == "method" else "--data"
-    names = [registry.resolve(kind, n).name for n in split_list(option, value)]
-    return list(dict.fromkeys(names))
+    known = registry.entries(group)
+    wanted = split_list(option, value)
+    unknown = [n for n in wanted if n.lower() not in known]
+    if unknown:  # all of them in one message, with the choices
+        names = ", ".join(repr(n) for n in unknown)
+        raise MLRBenchError(
+            f"{option}: unknown {kind} name(s) {names}; choose from: all, "
+            f"{', '.join(sorted(known)) or '(none installed)'} (`mlr-bench list` describes them)"
+        )
+    return list(dict.fromkeys(known[n.lower()].name for n in wanted))
 
 
 def expand(methods: Sequence[str], datasets: Sequence[str], seeds: Sequence[int]) -> list[Cell]:
@@ -146,3 +170,85 @@ def logger_args(settings: CellSettings) -> list[str]:
             settings.group,
         ]
     return args
+
+
+# ---- a cell's key: its full settings ----------------------------------------------------------
+def _file_entry(path: Path | str) -> dict[str, str]:
+    """A file by content (sha256) and path: moving a recipe is not a change, editing it is."""
+    path = Path(path)
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise MLRBenchError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    return {"path": str(path), "sha256": digest}
+
+
+def cell_settings(cell: Cell, settings: CellSettings) -> dict[str, Any]:
+    """Everything that decides a cell's result, as stored in its ``cell.json``/``result.json``.
+
+    The cell's folder (``--out``), the isolation and the W&B group are left out: they do not
+    change the numbers. The logger is in: it decides what a finished cell has logged.
+    """
+    recipe = recipe_for(cell, settings.recipes)
+    return {
+        "method": cell.method,
+        "dataset": cell.dataset,
+        "seed": cell.seed,
+        "recipe": _file_entry(recipe) if recipe is not None else None,
+        "configs": [_file_entry(c) for c in settings.configs],
+        "max_epochs": settings.max_epochs,
+        "logger": settings.logger or "csv",  # csv is the default: the same cell
+        "extra_args": list(settings.extra_args),
+    }
+
+
+def comparable(stored: Mapping[str, Any]) -> dict[str, Any]:
+    """The compared part of stored settings: files by content only."""
+
+    def content(entry: Any) -> Any:
+        return entry.get("sha256") if isinstance(entry, Mapping) else entry
+
+    view = {k: stored.get(k) for k in SETTING_KEYS}
+    view["recipe"] = content(view["recipe"])
+    view["configs"] = [content(c) for c in view["configs"] or []]
+    return view
+
+
+#: The settings a stored cell is compared on, in message order.
+SETTING_KEYS = ("method", "dataset", "seed", "recipe", "configs", "max_epochs", "logger")
+SETTING_KEYS += ("extra_args",)
+
+
+def fingerprint(stored: Mapping[str, Any]) -> str:
+    """sha256 of the compared settings: equal fingerprints, same cell."""
+    text = json.dumps(comparable(stored), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _show(key: str, value: Any) -> str:
+    if key == "recipe":
+        return "none (--method/--data)" if value is None else str(value.get("path"))
+    if key == "configs":
+        return "[" + ", ".join(str(c.get("path")) for c in value or []) + "]"
+    if key == "extra_args":
+        return repr(" ".join(value or []))
+    return "not set" if value is None else str(value)
+
+
+def settings_diff(stored: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """``max_epochs: 2 (stored) -> 5 (now)``, one line per differing setting."""
+    old, new = comparable(stored), comparable(now)
+    lines = []
+    for key in SETTING_KEYS:
+        if old[key] == new[key]:
+            continue
+        before, after = _show(key, stored.get(key)), _show(key, now.get(key))
+        if before == after:  # same path, other content
+            after += " (edited since)"
+        label = "--" + key.replace("_", "-") if key in ("max_epochs", "logger") else key
+        if key == "extra_args":
+            label = "args after --"
+        elif key == "configs":
+            label = "--config"
+        lines.append(f"{label}: {before} (stored) -> {after} (now)")
+    return lines

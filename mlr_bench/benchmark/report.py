@@ -116,9 +116,16 @@ def leaderboard_markdown(
     datasets: Sequence[str],
     seeds: Sequence[int],
     reference: ReferenceTable | None = None,
+    coverage: str | None = None,
 ) -> str:
-    """Test mAP (mean ± std) per method × dataset, best in bold, reported numbers beside."""
+    """Test mAP (mean ± std) per method × dataset, best in bold, reported numbers beside.
+
+    ``coverage`` says at the top which cells the tables cover; cells run with different
+    settings are flagged there and listed under *Settings*.
+    """
     summaries = {(s.method, s.dataset): s for s in summarise(records)}
+    variants = settings_variants(records)
+    mixed_groups = mixed_setting_groups(records)
     best = {}
     for dataset in datasets:
         means = [s.mean["mAP"] for (m, d), s in summaries.items() if d == dataset]
@@ -143,13 +150,21 @@ def leaderboard_markdown(
         for dataset in datasets:
             summary = summaries.get((method, dataset))
             if summary is None:
-                cell = "failed"
+                statuses = {
+                    r.get("status")
+                    for r in records
+                    if (r.get("method"), r.get("dataset")) == (method, dataset)
+                }
+                cell = "running elsewhere" if statuses == {"running"} else "failed"
+                cell = cell if statuses else "not run"
             else:
                 cell = _pm(summary, "mAP")
                 if best[dataset] is not None and summary.mean["mAP"] == best[dataset]:
                     cell = f"**{cell}**"
                 if summary.n < len(seeds):
                     cell += f" (n={summary.n})"
+                if (method, dataset) in mixed_groups:
+                    cell += " (mixed settings!)"
             row.append(cell)
             if dataset in with_reported:
                 marks = []
@@ -163,12 +178,28 @@ def leaderboard_markdown(
     lines = [
         f"# Leaderboard: {title}",
         "",
+        *([coverage, ""] if coverage else []),
+        *(
+            [
+                "**Warning: not all of these cells were run with the same settings (see "
+                "Settings below); compare with care.**",
+                "",
+            ]
+            if len(variants) > 1 or mixed_groups
+            else []
+        ),
         f"Test mAP (%) of the checkpoint selected on **val** (never test), mean ± std over "
         f"seeds {seed_text} (population std). **Bold**: best per dataset. Columns marked "
         "*(reported)* are published numbers, **not run here**; sources and settings below.",
         "",
         *_table(header, rows),
     ]
+    if variants:
+        lines += ["", "## Settings", ""]
+        for text, names in variants.items():
+            lines.append(f"- {text}: {', '.join(names)}")
+        for method, dataset in sorted(mixed_groups):
+            lines.append(f"- {method} on {dataset}: its seeds used different recipes")
     lines += ["", "## Details (mean ± std over seeds)", ""]
     lines += _details(records, summaries, methods, datasets)
     if notes:
@@ -187,7 +218,11 @@ def leaderboard_markdown(
         ]
     if reference and (notes or unverified):
         lines += ["", f"Note: {reference.note}"]
-    failed = [r for r in records if r.get("status") != "ok"]
+    running = [r for r in records if r.get("status") == "running"]
+    if running:
+        lines += ["", "## Cells being run by another benchmark (not included)", ""]
+        lines += [f"- {r['method']}-{r['dataset']}-s{r['seed']}: {r.get('error')}" for r in running]
+    failed = [r for r in records if r.get("status") not in ("ok", "running")]
     if failed:
         lines += ["", "## Failed cells", ""]
         lines += [
@@ -228,3 +263,43 @@ def _unverified(
     return [
         r for m in methods for d in datasets for r in reference.for_cell(m, d) if not r.verified
     ]
+
+
+# ---- settings of the cells ----------------------------------------------------------------------
+def _shared_settings_text(settings: Any) -> str:
+    """The settings every cell of one benchmark run shares, as one line."""
+    if not isinstance(settings, dict):
+        return "settings not recorded (older mlr-bench)"
+    configs = [str(c.get("path")) for c in settings.get("configs") or [] if isinstance(c, dict)]
+    parts = [
+        f"--max-epochs {settings.get('max_epochs') or 'from the recipe'}",
+        f"--logger {settings.get('logger') or 'csv'}",
+        f"--config {', '.join(configs)}" if configs else "no --config",
+        f"args after -- {' '.join(settings.get('extra_args') or []) or '(none)'}",
+    ]
+    hashes = [c.get("sha256", "")[:8] for c in settings.get("configs") or [] if isinstance(c, dict)]
+    if hashes:
+        parts[2] += f" (sha256 {', '.join(hashes)})"
+    return "; ".join(parts)
+
+
+def settings_variants(records: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
+    """Shared settings -> the finished cells run with them (more than one key: mixed)."""
+    variants: dict[str, list[str]] = {}
+    for r in records:
+        if r.get("status") == "ok":
+            text = _shared_settings_text(r.get("settings"))
+            variants.setdefault(text, []).append(f"{r['method']}-{r['dataset']}-s{r['seed']}")
+    return variants
+
+
+def mixed_setting_groups(records: Sequence[dict[str, Any]]) -> set[tuple[str, str]]:
+    """(method, dataset) pairs whose seeds were run with different recipes."""
+    recipes: dict[tuple[str, str], set[Any]] = {}
+    for r in records:
+        if r.get("status") == "ok":
+            settings = r.get("settings") if isinstance(r.get("settings"), dict) else {}
+            recipe = settings.get("recipe") if settings else "unknown"
+            key = recipe.get("sha256") if isinstance(recipe, dict) else recipe
+            recipes.setdefault((r["method"], r["dataset"]), set()).add(key)
+    return {group for group, keys in recipes.items() if len(keys) > 1}

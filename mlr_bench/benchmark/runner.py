@@ -5,6 +5,12 @@ out-of-memory kill or a leak in one cell cannot affect the next, Ctrl-C stops th
 cleanly, DDP's re-launch of the command works, and a cell's peak memory is its own. The price
 is the child's start-up (about 8 s of imports on a 2-core CPU), negligible against real
 cells; ``isolation="in-process"`` skips it for small matrices and tests.
+
+A cell is keyed by its full settings (``matrix.cell_settings``), stored in its ``cell.json``
+and ``result.json``: a finished cell counts as done only for the same settings; one finished
+with other settings stops the benchmark before anything runs (``--rerun`` replaces it). Each
+cell is locked while it runs (``lock.py``): a second benchmark on the same folder skips it.
+Cell processes die with the benchmark (``process.py``).
 """
 
 from __future__ import annotations
@@ -13,8 +19,8 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +28,19 @@ from typing import Any, Literal
 
 from tqdm.auto import tqdm
 
-from mlr_bench.benchmark.cell import ERROR, LOG, RESULT, describe_failure, run_and_record
-from mlr_bench.benchmark.matrix import Cell, CellSettings, cell_args
-from mlr_bench.runs import atomic_write_text
+from mlr_bench.benchmark.cell import CELL, ERROR, LOG, RESULT, describe_failure, run_and_record
+from mlr_bench.benchmark.lock import LOCK, CellBusy, cell_lock, held_fd, note_cell_process
+from mlr_bench.benchmark.matrix import (
+    Cell,
+    CellSettings,
+    cell_args,
+    cell_settings,
+    fingerprint,
+    settings_diff,
+)
+from mlr_bench.benchmark.process import run_cell_process
+from mlr_bench.errors import MLRBenchError
+from mlr_bench.runs import atomic_write_json, atomic_write_text
 
 Isolation = Literal["subprocess", "in-process"]
 #: ``(cell, cell_dir, args) -> None``: runs one cell, leaving result.json or error.txt behind.
@@ -33,20 +49,39 @@ CellRunner = Callable[[Cell, Path, Sequence[str]], None]
 
 @dataclass
 class MatrixOutcome:
-    """Every cell's record (``status`` ok or failed) plus which cells ran this time."""
+    """Every cell's record (``status`` ok, failed or running elsewhere) plus which cells ran
+    this time, failed, or were skipped because another benchmark holds them."""
 
     records: list[dict[str, Any]]
     executed: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)
+
+
+def read_result(cell_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """``(record, None)`` for a readable result, ``(None, problem)`` for a broken one, ``(None,
+    None)`` when there is none. Never a guess: a broken file is reported, not re-run over."""
+    path = cell_dir / RESULT
+    if not path.exists():
+        return None, None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return None, f"{path} is not a readable result ({exc})"
+    if (
+        not isinstance(record, dict)
+        or record.get("status") != "ok"
+        or not isinstance(record.get("metrics"), dict)
+    ):
+        return None, f"{path} is not a cell result (no status ok with metrics)"
+    return record, None
 
 
 def load_result(cell_dir: Path) -> dict[str, Any] | None:
-    """A finished cell's record; None when the cell is not done (or its file is unreadable)."""
-    try:
-        record = json.loads((cell_dir / RESULT).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) and record.get("status") == "ok" else None
+    """A finished cell's record; None when the cell is not done (no or a broken result, or an
+    ``error.txt`` beside it: a failure is never taken for a result)."""
+    record, _ = read_result(cell_dir)
+    return None if record is None or (cell_dir / ERROR).exists() else record
 
 
 def run_in_process(cell: Cell, cell_dir: Path, args: Sequence[str]) -> None:
@@ -54,17 +89,24 @@ def run_in_process(cell: Cell, cell_dir: Path, args: Sequence[str]) -> None:
 
 
 def run_in_subprocess(cell: Cell, cell_dir: Path, args: Sequence[str]) -> None:
-    """``python -m mlr_bench.benchmark.worker`` with output to the cell's ``log.txt``."""
+    """``python -m mlr_bench.benchmark.worker`` with output to the cell's ``log.txt``, in its
+    own process group that is killed with the benchmark; it shares the cell's lock."""
     command = [sys.executable, "-m", "mlr_bench.benchmark.worker", str(cell_dir)]
     command += [cell.method, cell.dataset, str(cell.seed), "--", *args]
     log_file = cell_dir / LOG
+    fd = held_fd(cell_dir)
     with log_file.open("a", encoding="utf-8") as log:
-        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ)
-    if done.returncode in (130, -signal.SIGINT):  # the child saw Ctrl-C: stop the matrix too
+        code = run_cell_process(
+            command,
+            log,
+            pass_fds=[fd] if fd is not None else [],
+            started=lambda pid: note_cell_process(cell_dir, pid),
+        )
+    if code in (130, -signal.SIGINT):  # the child saw Ctrl-C: stop the matrix too
         raise KeyboardInterrupt
     if load_result(cell_dir) is None and not (cell_dir / ERROR).is_file():
         # Killed before it could report (a signal, the out-of-memory killer).
-        error = ChildProcessError(f"cell process exited with code {done.returncode}")
+        error = ChildProcessError(f"cell process exited with code {code}")
         atomic_write_text(cell_dir / ERROR, describe_failure(cell, error, log_file))
 
 
@@ -92,10 +134,25 @@ def failed_record(cell: Cell, cell_dir: Path) -> dict[str, Any]:
     }
 
 
+def busy_record(cell: Cell, cell_dir: Path, holder: str) -> dict[str, Any]:
+    """A cell another benchmark is running: not done here, not failed either."""
+    return {
+        "method": cell.method,
+        "dataset": cell.dataset,
+        "seed": cell.seed,
+        "status": "running",
+        "error": f"being run by {holder}; skipped",
+        "error_file": None,
+        "run_dir": str(cell_dir),
+    }
+
+
 def status_line(index: int, total: int, record: dict[str, Any], note: str = "") -> str:
     """One line per finished cell: name, mAP, times and memory (or the error)."""
     name = f"{record['method']}-{record['dataset']}-s{record['seed']}"
     head = f"[{index}/{total}] {record['status']:<6} {name}"
+    if record["status"] == "running":
+        return f"{head}  {record.get('error', '')}"
     if record["status"] != "ok":
         return f"{head}  {record.get('error', '')}  ({record.get('error_file')})"
     memory = "CUDA alloc" if record.get("memory") == "cuda_max_allocated" else "RSS"
@@ -106,24 +163,113 @@ def status_line(index: int, total: int, record: dict[str, Any], note: str = "") 
     )
 
 
+# ---- which cells are done: keyed by settings ------------------------------------------------
+@dataclass
+class PlannedCell:
+    """A cell with its settings now and, when finished with the same settings, its record."""
+
+    cell: Cell
+    cell_dir: Path
+    settings: dict[str, Any]
+    record: dict[str, Any] | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.settings)
+
+
+def _stored_problem(record: dict[str, Any], now: dict[str, Any]) -> str | None:
+    stored = record.get("settings")
+    if not isinstance(stored, dict):
+        return "its settings were not recorded (run by an older mlr-bench)"
+    try:
+        if fingerprint(stored) == fingerprint(now):
+            return None
+    except (AttributeError, TypeError):
+        return "its recorded settings are unreadable"
+    return "; ".join(settings_diff(stored, now)) or "other settings"
+
+
+def plan_cells(
+    cells: Sequence[Cell], out: Path, settings: CellSettings, rerun: bool = False
+) -> list[PlannedCell]:
+    """Each cell with its record when it is done with these settings. A finished cell with
+    other settings, or a broken ``result.json``, stops everything here, before anything is run
+    or written, with one message saying what differs and how to go on (``rerun``: run them
+    again, replacing their results)."""
+    planned, problems = [], []
+    for cell in cells:
+        cell_dir = out / cell.name
+        if cell_dir.exists() and not cell_dir.is_dir():
+            raise MLRBenchError(
+                f"--out {out}: {cell_dir} is a file where cell {cell.name} keeps its folder; "
+                "move it away, or use another --out"
+            )
+        item = PlannedCell(cell, cell_dir, cell_settings(cell, settings))
+        record, broken = read_result(cell_dir)
+        if broken is not None:
+            problems.append(f"  {cell.name}: {broken}")
+        elif record is not None and not (cell_dir / ERROR).exists():
+            differs = _stored_problem(record, item.settings)
+            if differs is None:
+                item.record = record
+            else:
+                problems.append(f"  {cell.name}: {differs}")
+        planned.append(item)
+    if problems and not rerun:
+        raise MLRBenchError(
+            f"--out {out}: {len(problems)} cell(s) there are finished with other settings or "
+            "have a broken result.json; nothing was run:\n"
+            + "\n".join(problems)
+            + "\nTo keep them, use another --out; to run these cells again with the settings "
+            "given now (replacing their results), add --rerun."
+        )
+    return planned
+
+
+def clear_cell(cell_dir: Path) -> None:
+    """An unfinished or replaced earlier attempt: remove everything but the held lock (a stale
+    ``error.txt`` or ``result.json`` must not outlive the run that replaces it)."""
+    for entry in cell_dir.iterdir():
+        if entry.name == LOCK:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def folder_records(out: Path, skip: set[str]) -> list[dict[str, Any]]:
+    """Finished cells in ``out`` other than ``skip`` (earlier runs of other methods, datasets
+    or seeds), by folder name: the tables cover everything finished in the folder."""
+    found = []
+    for cell_dir in sorted(p for p in out.iterdir() if p.is_dir() and p.name not in skip):
+        record = load_result(cell_dir)
+        if record is not None and {"method", "dataset", "seed"} <= set(record):
+            found.append(record)
+    return found
+
+
 def run_matrix(
     cells: Sequence[Cell],
     out: Path,
     settings: CellSettings,
     isolation: Isolation = "subprocess",
     runner: CellRunner | None = None,
+    rerun: bool = False,
+    planned: Sequence[PlannedCell] | None = None,
 ) -> MatrixOutcome:
     """Run every not-yet-done cell of ``cells`` under ``out``; failures are recorded, not raised.
 
     ``runner`` replaces the cell runner (tests use it to count or interrupt cells).
     """
     run_cell = runner or RUNNERS[isolation]
-    total = len(cells)
-    done = {cell: load_result(out / cell.name) for cell in cells}
+    plan = list(planned) if planned is not None else plan_cells(cells, out, settings, rerun)
+    total = len(plan)
     outcome = MatrixOutcome(records=[])
     bar = tqdm(
         total=total,
-        initial=sum(r is not None for r in done.values()),
+        initial=sum(p.record is not None for p in plan),
         bar_format="{desc} {n_fmt}/{total_fmt} |{bar:20}| {elapsed} elapsed, ETA {remaining}"
         "{postfix}",
         desc="benchmark: cells done",
@@ -131,24 +277,65 @@ def run_matrix(
         dynamic_ncols=True,
     )
     with bar:
-        for index, cell in enumerate(cells, start=1):
-            cell_dir = out / cell.name
-            record = done[cell]
-            if record is not None:
-                bar.write(status_line(index, total, record, note="  (done before: skipped)"))
-                outcome.records.append(record)
+        for index, item in enumerate(plan, start=1):
+            cell, cell_dir = item.cell, item.cell_dir
+            if item.record is not None:
+                bar.write(status_line(index, total, item.record, note="  (done before: skipped)"))
+                outcome.records.append(item.record)
                 continue
             bar.set_postfix_str(f"running cell {index}/{total}: {cell.name}")
-            if cell_dir.exists():  # an unfinished earlier attempt: start clean
-                shutil.rmtree(cell_dir)
-            cell_dir.mkdir(parents=True)
-            run_cell(cell, cell_dir, cell_args(cell, cell_dir, settings))
-            outcome.executed.append(cell.name)
-            record = load_result(cell_dir)
-            if record is None:
-                record = failed_record(cell, cell_dir)
-                outcome.failed.append(cell.name)
+            try:
+                record, ran = _run_locked(item, settings, run_cell)
+            except CellBusy as busy:
+                record, ran = busy_record(cell, cell_dir, busy.holder), False
+                outcome.busy.append(cell.name)
+                bar.write(
+                    f"mlr-bench benchmark: cell {cell.name} is being run by {busy.holder}; skipped"
+                )
+            except OSError as exc:
+                raise MLRBenchError(os_error_message(cell_dir, exc)) from None
+            if ran:
+                outcome.executed.append(cell.name)
+                if record is None:
+                    record = failed_record(cell, cell_dir)
+                    outcome.failed.append(cell.name)
             outcome.records.append(record)
             bar.write(status_line(index, total, record))
-            bar.update(1)
+            if record["status"] != "running":
+                bar.update(1)
     return outcome
+
+
+def _run_locked(
+    item: PlannedCell, settings: CellSettings, run_cell: CellRunner
+) -> tuple[dict[str, Any] | None, bool]:
+    """Under the cell's lock: take a result another run finished meanwhile with the same
+    settings, else clear the folder, record the settings (``cell.json``) and run the cell."""
+    cell, cell_dir = item.cell, item.cell_dir
+    with cell_lock(cell_dir):
+        record = load_result(cell_dir)
+        if record is not None and _stored_problem(record, item.settings) is None:
+            return record, False
+        clear_cell(cell_dir)
+        atomic_write_json(
+            cell_dir / CELL,
+            {
+                "cell": cell.name,
+                "settings": item.settings,
+                "fingerprint": item.fingerprint,
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "benchmark_pid": os.getpid(),
+            },
+        )
+        run_cell(cell, cell_dir, cell_args(cell, cell_dir, settings))
+        return load_result(cell_dir), True
+
+
+def os_error_message(path: Path, exc: OSError) -> str:
+    """A file-system failure (full disk, read-only folder, a file in the way) as one line."""
+    where = exc.filename or path
+    reason = exc.strerror or str(exc)
+    return (
+        f"cannot write {where}: {reason}. Finished cells are kept; free space or fix the "
+        "folder, then run the same command again to resume."
+    )

@@ -3,6 +3,7 @@
 Kept out of the package's imports so that ``-m`` runs it fresh. Its stdout and stderr are the
 cell's ``log.txt``; it writes ``result.json`` (done) or ``error.txt`` (failed) into the cell.
 Under DDP, Lightning re-launches this same command for the other ranks; only rank 0 writes.
+It exits with the benchmark that started it, even a SIGKILLed one (``process.die_with_parent``).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from mlr_bench.benchmark.cell import ERROR, LOG, RESULT, describe_failure, run_cell_here
+from mlr_bench.benchmark.cell import ERROR, LOG, describe_failure, run_cell_here, write_result
 from mlr_bench.benchmark.matrix import Cell
-from mlr_bench.runs import atomic_write_json, atomic_write_text
+from mlr_bench.benchmark.process import die_with_parent
+from mlr_bench.runs import atomic_write_text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -27,6 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("dataset")
     parser.add_argument("seed", type=int)
     parser.add_argument("args", nargs=argparse.REMAINDER)
+    die_with_parent()  # never outlive the benchmark, even one killed with SIGKILL
     ns = parser.parse_args(argv)
     args = ns.args[1:] if ns.args[:1] == ["--"] else ns.args
     from mlr_bench.cli import _quiet_known_warnings
@@ -46,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         atomic_write_text(ns.cell_dir / ERROR, describe_failure(cell, exc, ns.cell_dir / LOG))
         return 1
     if record is not None:
-        atomic_write_json(ns.cell_dir / RESULT, record)
+        write_result(ns.cell_dir, record)
     return 0
 
 
