@@ -25,7 +25,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from mlr_bench.batch import GENERATED_IMAGES, TEXT, EvalSample
-from mlr_bench.datamodule import MLRDataModule, Transform
+from mlr_bench.datamodule import MLRDataModule, Transform, check_int
 from mlr_bench.datamodules.folder import DatasetFormatError
 from mlr_bench.features.keys import files_fingerprint
 from mlr_bench.generated_data import GeneratedDataError
@@ -204,6 +204,7 @@ class OfficialDataModule(MLRDataModule):
                 that train on generated images (T2I-PAL).
         """
         super().__init__(batch_size, eval_batch_size, num_workers, image_size, cache_dir)
+        check_int("num_val", num_val, 1)
         self.captions_file = captions_file
         self.sentences_file = sentences_file
         self.text_on_error = text_on_error

@@ -18,7 +18,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from mlr_bench.batch import GENERATED_IMAGES, TEXT, EvalSample
-from mlr_bench.datamodule import MLRDataModule, Transform
+from mlr_bench.datamodule import MLRDataModule, Transform, check_int
 from mlr_bench.generated_data import caption_items, items_digest
 from mlr_bench.text import SynonymLabeler
 from mlr_bench.text.corpus import CAPTIONS, SENTENCES, TextCorpus
@@ -120,6 +120,11 @@ class World(MLRDataModule):
                 prints) to train on instead of rendering ``num_generated`` images here.
         """
         super().__init__(batch_size, eval_batch_size, num_workers, image_size, cache_dir)
+        for name, value in (("num_test", num_test), ("num_val", num_val),
+                            ("num_captions", num_captions), ("num_sentences", num_sentences),
+                            ("scene_size", scene_size), ("num_generated", num_generated),
+                            ("images_per_caption", images_per_caption)):  # fmt: skip
+            check_int(name, value, 1)
         self.save_hyperparameters()
         self.seed = seed
         self.sizes = {"test": num_test, "val": num_val}

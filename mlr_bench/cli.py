@@ -4,12 +4,18 @@
 LightningCLI parses (``--method.lr 0.01`` becomes ``--model.lr 0.01``), so everything LightningCLI
 offers keeps working: ``--config``, ``--print_config``, ``class_path/init_args``, ``--trainer.*``.
 Extra commands: ``train`` (fit, then test on the best or last checkpoint) and ``list``.
+
+Wrong input ends in one line and exit code 2 (:mod:`mlr_bench.cli_messages` words jsonargparse's
+errors in the user's terms); machine-local data roots and defaults come from
+:mod:`mlr_bench.user_config`.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
@@ -20,7 +26,17 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 
-from mlr_bench import registry
+from mlr_bench import registry, user_config
+from mlr_bench.cli_messages import (
+    CURRENT,
+    Source,
+    Sources,
+    explain,
+    file_sources,
+    load_class,
+    normalise_prog,
+    short_name,
+)
 from mlr_bench.datamodule import MLRDataModule
 from mlr_bench.errors import MLRBenchError
 from mlr_bench.eval.evaluator import Evaluator
@@ -28,7 +44,8 @@ from mlr_bench.method import MLRMethod
 from mlr_bench.runs import run_dir
 from mlr_bench.stages import fit_prior_stage
 
-USER_CONFIG = "~/.config/mlr-bench.yaml"
+#: Machine-local settings (``$MLR_BENCH_CONFIG`` overrides it); format: mlr_bench.user_config.
+USER_CONFIG = user_config.USER_CONFIG
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict", "train")
 #: CLI option -> LightningCLI key. ``--model`` keeps working as LightningCLI's canonical key.
 ALIASES = {"--method": ("method", "--model"), "--data": ("data", "--data")}
@@ -40,23 +57,62 @@ LOGGERS = {
 }
 
 
+#: Extra commands, described in ``mlr-bench --help`` (the trainer commands describe themselves).
+COMMAND_HELP = {
+    "fit": "train a method (--method NAME --data NAME; PVP: both stages)",
+    "validate": "evaluate on the validation split",
+    "test": "evaluate on the test split (--ckpt_path for a trained run)",
+    "predict": "write per-image scores (predictions.csv)",
+    "train": "fit, then test on the best (or --test_ckpt last) checkpoint",
+    "list": "installed methods and datasets (plugins included) and backbones",
+    "benchmark": "the method x dataset x seed matrix into a leaderboard",
+    "generate": "text-to-image training images (Stable Diffusion or the world's renderer)",
+    "prepare": "download, verify and extract a dataset (voc2007, coco2014, nuswide)",
+    "captions": "LLM sentences for text-only training",
+}
+#: The method's own trainer defaults win over these; both only fill what the user left unset.
+DEFAULT_TRAINER = {"max_epochs": 20}
+
+
 # ---- argv rewriting ---------------------------------------------------------------------------
 def _looks_like_class_or_file(value: str) -> bool:
     return "." in value or "/" in value or value.lstrip().startswith("{")
 
 
 def _resolve_value(kind: str, value: str) -> str:
-    """A registered short name becomes its class path; paths, files and dicts pass through."""
+    """A registered short name becomes its class path; paths, files and dicts pass through.
+
+    A name whose entry point cannot be used (import error, not an MLRMethod/MLRDataModule) is
+    refused here with the reason, instead of inside a long parser dump.
+    """
     if _looks_like_class_or_file(value):
+        if not value.endswith((".yaml", ".yml", ".json")) and not value.lstrip().startswith("{"):
+            _check_class_path(kind, value)
         return value
     known = registry.entries(registry.GROUPS[kind])
-    if value.lower() in known:
-        return known[value.lower()].class_path
-    # A class name typed as LightningCLI would accept it (e.g. "ZeroShotCLIP").
-    by_class = {e.class_path.rsplit(".", 1)[-1].lower(): e for e in known.values()}
-    if value.lower() in by_class:
-        return by_class[value.lower()].class_path
-    raise registry.UnknownNameError(registry.unknown_name_message(kind, value, sorted(known)))
+    entry = known.get(value.lower())
+    if entry is None:
+        # A class name typed as LightningCLI would accept it (e.g. "ZeroShotCLIP").
+        by_class = {e.class_path.rsplit(".", 1)[-1].lower(): e for e in known.values()}
+        entry = by_class.get(value.lower())
+    if entry is None:
+        raise registry.UnknownNameError(registry.unknown_name_message(kind, value, sorted(known)))
+    failure = registry.failure_for(kind, entry.name)
+    if failure is not None:
+        raise MLRBenchError(failure.message(kind))
+    return entry.class_path
+
+
+def _check_class_path(kind: str, value: str) -> None:
+    """A dotted ``package.module.Class`` that imports must be the right kind of class."""
+    if "/" in value or value.count(".") < 1:
+        return
+    cls = load_class(value)
+    if cls is None:
+        return  # not importable: the parser reports it (it may also be a file)
+    base = registry.base_class(registry.GROUPS[kind])
+    if not issubclass(cls, base):
+        raise MLRBenchError(f"--{kind} {value}: not a subclass of {base.__name__}")
 
 
 def _logger_value(name: str) -> str:
@@ -64,7 +120,49 @@ def _logger_value(name: str) -> str:
     if name.lower() not in LOGGERS:
         choices = ", ".join(LOGGERS)
         raise MLRBenchError(f"--logger: unknown logger '{name}'; choose one of: {choices}")
+    if name.lower() == "tensorboard":
+        from mlr_bench.loggers import require_tensorboard
+
+        require_tensorboard()
     return LOGGERS[name.lower()]
+
+
+def translate_config(data: dict[str, Any], label: str) -> dict[str, Any]:
+    """A config file in CLI words made LightningCLI's: ``method:`` becomes ``model:``, and a
+    short name (``taidpt``, ``world``) as a section's value or class_path its class path."""
+    if "method" in data:
+        if "model" in data:
+            raise MLRBenchError(f"{label}: both 'method:' and 'model:' are given; keep one")
+        data = {("model" if k == "method" else k): v for k, v in data.items()}
+    for section, kind in (("model", "method"), ("data", "data")):
+        value = data.get(section)
+        try:
+            if isinstance(value, str) and not _looks_like_class_or_file(value):
+                data = {**data, section: _resolve_value(kind, value)}
+            elif isinstance(value, dict) and isinstance(value.get("class_path"), str):
+                path = value["class_path"]
+                if not _looks_like_class_or_file(path):
+                    data = {**data, section: {**value, "class_path": _resolve_value(kind, path)}}
+        except MLRBenchError as exc:
+            raise MLRBenchError(f"{label}: {section}: {exc}") from None
+    return data
+
+
+def _translate_config_text(content: str, label: str) -> str:
+    """``content`` with :func:`translate_config` applied; unchanged when nothing to do or
+    when it does not parse (the parser then reports it)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(content)
+    except yaml.YAMLError:
+        return content
+    if not isinstance(data, dict):
+        return content
+    translated = translate_config(data, label)
+    if translated == data:
+        return content
+    return yaml.safe_dump(translated, sort_keys=False)
 
 
 def rewrite_argv(argv: Sequence[str]) -> list[str]:
@@ -92,6 +190,13 @@ def rewrite_argv(argv: Sequence[str]) -> list[str]:
                 i += 1
                 inline = args[i]
             out.append(f"--trainer.logger={_logger_value(inline)}")
+        elif key in ("--method.help", "--data.help", "--model.help"):
+            kind = "data" if key == "--data.help" else "method"
+            if not eq and i + 1 < len(args) and not args[i + 1].startswith("-"):
+                i += 1
+                inline = args[i]
+            target = "--data.help" if kind == "data" else "--model.help"
+            out.append(f"{target}={_resolve_value(kind, inline)}" if inline else target)
         elif arg.startswith("--method."):
             out.append("--model." + arg[len("--method.") :])
         else:
@@ -192,16 +297,104 @@ class RunDirSaveConfig(SaveConfigCallback):
 
 
 class MLRArgumentParser(LightningArgumentParser):
-    """Parse errors as one message and exit code 2, without the full usage listing."""
+    """Parse errors as one message and exit code 2, without the full usage listing; help and
+    config files in the CLI's own words (``--method``, ``method:``, short names)."""
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        print(f"(run `{self.prog} --help` for the options)", file=sys.stderr)
+        prog = normalise_prog(self.prog)
+        text = explain(message, self)
+        if "`mlr-bench" not in text:
+            text += f" (`{prog} --help` lists the options)"
+        print(f"{prog}: error: {text}", file=sys.stderr)
         raise SystemExit(2)
+
+    def format_help(self) -> str:
+        """LightningCLI's help with ``--method`` for ``--model`` and the short names explained
+        (the options are LightningCLI's; the spelling users type is ours)."""
+        text = super().format_help()
+        if getattr(self, "_subcommands_action", None) is not None:
+            return text + _commands_epilog()
+        if "--model" not in text:
+            return text
+        text = re.sub(r"--model\.init_args\.", "--method.", text)
+        text = re.sub(r"--model(?=[\s.=,\]\)}|:]|$)", "--method", text)
+        return text + SHORT_NAMES_EPILOG
+
+    def parse_path(self, path: Any, *args: Any, **kwargs: Any) -> Any:
+        """Remember which file is being read, to name it in messages about its content."""
+        token = _CONFIG_FILE.set(str(path))
+        try:
+            return super().parse_path(path, *args, **kwargs)
+        finally:
+            _CONFIG_FILE.reset(token)
+
+    def _load_config_parser_mode(self, content: str, path: Any = "", *args: Any, **kw: Any) -> Any:
+        """Config files may say ``method:`` and use short names, like the command line."""
+        label = _CONFIG_FILE.get() or str(path) or "config"
+        content = _translate_config_text(content, label)
+        return super()._load_config_parser_mode(content, path, *args, **kw)
+
+
+_CONFIG_FILE: ContextVar[str | None] = ContextVar("mlr_bench_config_file", default=None)
+
+SHORT_NAMES_EPILOG = """
+mlr-bench short names:
+  --method NAME         a method from `mlr-bench list` (zeroshot, taidpt, comc, pvp, t2ipal,
+                        plugins); a class path or a YAML file works too. --method.X VALUE sets
+                        its init argument X; `--method.help NAME` lists them.
+  --data NAME           a dataset from `mlr-bench list` (world, folder, voc2007, coco2014,
+                        nuswide); --data.X VALUE, `--data.help NAME` as for --method.
+  --logger NAME         csv (default), tensorboard (needs `pip install tensorboard`) or wandb;
+                        = --trainer.logger CLASS_PATH.
+  --trainer.max_epochs  unset: the method's reference epochs (20 for the built-ins).
+  Config files may write `method:` for `model:` and short names as values. Data roots per
+  dataset can live in ~/.config/mlr-bench.yaml ($MLR_BENCH_CONFIG): data_roots: {voc2007: DIR}.
+"""
+
+
+def _commands_epilog() -> str:
+    width = max(len(c) for c in COMMAND_HELP)
+    lines = [f"  {name:<{width}}  {what}" for name, what in COMMAND_HELP.items()]
+    return (
+        "\ncommands (`mlr-bench COMMAND --help` for each):\n"
+        + "\n".join(lines)
+        + "\n\nExample: mlr-bench train --method zeroshot --data world\n"
+    )
 
 
 class MLRBenchCLI(LightningCLI):
     """LightningCLI over MLRMethod/MLRDataModule subclasses with the shared evaluator."""
+
+    def __init__(self, *args: Any, defaults: dict[str, Any] | None = None, **kwargs: Any):
+        #: Defaults from the user config (``defaults:``), applied to every trainer command.
+        self.user_defaults = dict(defaults or {})
+        super().__init__(*args, **kwargs)
+
+    def before_instantiate_classes(self) -> None:
+        """Fill an unset epoch budget with the method's reference one (recorded in the run's
+        config.yaml): Lightning's own fallback, 1000 epochs, is nobody's recipe."""
+        subcommand = self.subcommand
+        sources = CURRENT.get()
+        if subcommand in ("fit", "train") and sources is not None:
+            _note_world_recipe(sources)
+        config = self.config.get(str(subcommand)) if subcommand else self.config
+        trainer = config.get("trainer") if config is not None else None
+        if trainer is None or trainer.get("fast_dev_run"):
+            return
+        unset = trainer.get("max_epochs") is None and trainer.get("max_time") is None
+        if unset and trainer.get("max_steps") in (None, -1):
+            model = config.get("model")
+            cls = load_class(str(getattr(model, "class_path", "") or ""))
+            defaults = {**DEFAULT_TRAINER, **dict(getattr(cls, "trainer_defaults", {}) or {})}
+            trainer["max_epochs"] = defaults["max_epochs"]
+
+    def after_instantiate_classes(self) -> None:
+        """Refuse settings that only the chosen method and data together reveal as wrong
+        (e.g. an image size the backbone cannot take), before any run folder exists."""
+        super().after_instantiate_classes()
+        datamodule, model = getattr(self, "datamodule", None), getattr(self, "model", None)
+        if isinstance(datamodule, MLRDataModule) and model is not None:
+            datamodule.check_image_size(model)
 
     def instantiate_classes(self) -> None:
         try:
@@ -232,6 +425,40 @@ class MLRBenchCLI(LightningCLI):
                 "checkpoint.filename": "best-{epoch}",
             }
         )
+        self._user_defaults_to(parser)
+
+    def _user_defaults_to(self, parser: LightningArgumentParser) -> None:
+        """The user config's ``defaults`` as parser defaults (so the command line and --config
+        files win, and --help shows them); unknown keys name the file."""
+        if not self.user_defaults:
+            return
+        keys = {a.dest for a in parser._actions}
+        flat: dict[str, Any] = {}
+
+        def walk(data: dict[str, Any], prefix: str) -> None:
+            for key, value in data.items():
+                full = f"{prefix}{key}"
+                if isinstance(value, dict) and any(k.startswith(full + ".") for k in keys):
+                    walk(value, full + ".")
+                elif full in keys:
+                    flat[full] = value
+                elif any(k.startswith(full + ".") for k in keys) or full in flat:
+                    continue
+                else:
+                    from mlr_bench.cli_messages import closest
+
+                    section, _, name = full.rpartition(".")
+                    near = [k.rpartition(".")[2] for k in keys if k.startswith(section + ".")]
+                    guess = closest(name, near)
+                    hint = f"; did you mean '{guess}'?" if guess else ""
+                    label = user_config.UserConfig(user_config.user_config_path()).label
+                    raise MLRBenchError(
+                        f"{label}: defaults.{section}: option '{name}' is not accepted{hint}"
+                    )
+
+        walk(self.user_defaults, "")
+        if flat:
+            parser.set_defaults(flat)
 
     def _parse_ckpt_path(self) -> None:
         """Check ``--ckpt_path`` before LightningCLI applies the hyperparameters saved in it:
@@ -364,35 +591,118 @@ def check_yaml_files(args: Sequence[str]) -> None:
             raise MLRBenchError(f"{path}: not valid YAML: {detail}") from None
 
 
-def _cli(args: list[str] | None, run: bool = True) -> MLRBenchCLI:
-    config_files = [USER_CONFIG] if Path(USER_CONFIG).expanduser().is_file() else []
-    return MLRBenchCLI(
-        MLRMethod,
-        MLRDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        trainer_class=MLRTrainer,
-        parser_class=MLRArgumentParser,
-        save_config_callback=RunDirSaveConfig,
-        trainer_defaults={"default_root_dir": "runs", "log_every_n_steps": 10},
-        seed_everything_default=0,  # reproducible unless the user picks a seed
-        parser_kwargs={
-            **{c: {"default_config_files": config_files} for c in TRAINER_COMMANDS},
-            "description": (
-                "mlr-bench: text-only multi-label recognition with CLIP. "
-                "Select a method and a dataset by short name: --method NAME --data NAME "
-                "(see `mlr-bench list`). Other commands: `mlr-bench list`, "
-                "`mlr-bench prepare <dataset> --root DIR`, `mlr-bench captions --help`."
-            ),
-        },
-        args=args,
-        run=run,
+def _cli(
+    args: list[str] | None, run: bool = True, user: user_config.UserConfig | None = None
+) -> MLRBenchCLI:
+    """The LightningCLI of a trainer command (``args`` already rewritten)."""
+    user = user if user is not None else user_config.load_user_config()
+    token = None
+    if CURRENT.get() is None:  # called directly (tests, mlr_bench.testing): describe args
+        given = list(sys.argv[1:] if args is None else args)
+        token = CURRENT.set(command_sources(given, given, user))
+    try:
+        return MLRBenchCLI(
+            MLRMethod,
+            MLRDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            trainer_class=MLRTrainer,
+            parser_class=MLRArgumentParser,
+            save_config_callback=RunDirSaveConfig,
+            trainer_defaults={"default_root_dir": "runs", "log_every_n_steps": 10},
+            seed_everything_default=0,  # reproducible unless the user picks a seed
+            parser_kwargs={
+                "prog": "mlr-bench",
+                "description": (
+                    "mlr-bench: text-only multi-label recognition with CLIP. "
+                    "Select a method and a dataset by short name: --method NAME --data NAME "
+                    "(see `mlr-bench list`)."
+                ),
+            },
+            defaults=user.defaults,
+            args=args,
+            run=run,
+        )
+    finally:
+        if token is not None:
+            CURRENT.reset(token)
+
+
+def command_sources(
+    typed: list[str], rewritten: list[str], user: user_config.UserConfig
+) -> Sources:
+    """What a command was given (argv as typed, its config files, the user config's
+    defaults), for messages that name the option, file and section of a problem."""
+    files = file_sources(rewritten, translate_config)
+    if user.defaults:
+        files.insert(0, Source(f"{user.label} (defaults)", dict(user.defaults)))
+    return Sources(argv=typed, files=files, rewritten=rewritten)
+
+
+def apply_data_roots(
+    rewritten: list[str], sources: Sources, user: user_config.UserConfig
+) -> list[str]:
+    """Add ``--data.root`` from the user config's ``data_roots`` for the chosen dataset, when
+    nothing else sets a root (announced on stderr; recorded in the run's config.yaml)."""
+    if not user.data_roots:
+        return rewritten
+    name = short_name("data", sources.chosen("data"))
+    root = user.data_roots.get(name)
+    if root is None or sources.sets("data", "root"):
+        return rewritten
+    print(
+        f"mlr-bench: --data.root {root} (data_roots.{name} in {user.label})",
+        file=sys.stderr,
+    )
+    return [*rewritten, f"--data.root={root}"]
+
+
+#: The reference recipes, ``<method>_<dataset>.yaml``, in a source checkout.
+RECIPES = Path(__file__).resolve().parent.parent / "configs" / "experiment"
+
+
+def _note_world_recipe(sources: Sources) -> None:
+    """A world run without a config uses the method's own (real-data) defaults; say in one
+    line which recipe gives the README's world numbers, when this checkout has it."""
+    if any(a.split("=")[0] in ("--config", "-c") for a in sources.rewritten or sources.argv):
+        return
+    if short_name("data", sources.chosen("data")) != "world":
+        return
+    method = short_name("model", sources.chosen("model"))
+    recipe = RECIPES / f"{method}_world.yaml"
+    if recipe.is_file():
+        print(
+            f"mlr-bench: note: {method} runs with its own defaults; the world recipe behind the "
+            f"README's numbers is --config {recipe}",
+            file=sys.stderr,
+        )
+
+
+def check_command(args: Sequence[str]) -> None:
+    """An unknown or missing command is one line listing the commands (closest first)."""
+    import difflib
+
+    commands = list(COMMAND_HELP)
+    if not args:
+        raise MLRBenchError(
+            f"a command is required: {', '.join(commands)} (`mlr-bench --help` describes them)"
+        )
+    first = args[0]
+    if first.startswith("-") or first in commands:
+        return
+    close = difflib.get_close_matches(first, commands, n=1, cutoff=0.6)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    raise MLRBenchError(
+        f"unknown command '{first}'.{hint} Commands: {', '.join(commands)} "
+        "(`mlr-bench --help` describes them)"
     )
 
 
 # ---- extra commands -----------------------------------------------------------------------
-def print_registry(out: Any = sys.stdout) -> int:
-    """``mlr-bench list``: every method and datamodule with a one-line description."""
+def print_registry(out: Any = None) -> int:
+    """``mlr-bench list``: every method and datamodule with a one-line description; entry
+    points that cannot be used are listed as FAILED TO LOAD or INVALID, with the reason."""
+    out = out or sys.stdout
     from mlr_bench.clip.backbone import MODEL_CONFIG_DIR
 
     failed = 0
@@ -405,9 +715,11 @@ def print_registry(out: Any = sys.stdout) -> int:
             print(f"  {name:<{width}}  {registry.describe(cls)}", file=out)
         for failure in failures:
             failed += 1
+            dist = failure.entry.distribution
+            source = f", from {dist}" if dist else ""
             print(
-                f"  {failure.entry.name:<{width}}  FAILED TO LOAD ({failure.entry.target}, "
-                f"from {failure.entry.distribution}): {failure.error}",
+                f"  {failure.entry.name:<{width}}  {failure.status} ({failure.entry.target}"
+                f"{source}): {failure.error}",
                 file=out,
             )
         print(file=out)
@@ -468,8 +780,9 @@ EXTRA_COMMANDS = {
 def _report_plugin_failures() -> None:
     for group in registry.GROUPS.values():
         for failure in registry.load_group(group)[1]:
+            what = "is invalid" if failure.invalid else "failed to load"
             print(
-                f"mlr-bench: warning: plugin '{failure.entry.name}' ({group}) failed to load: "
+                f"mlr-bench: warning: plugin '{failure.entry.name}' ({group}) {what}: "
                 f"{failure.error}",
                 file=sys.stderr,
             )
@@ -486,23 +799,39 @@ def run_cli(argv: Sequence[str] | None = None) -> MLRBenchCLI | None:
     if args[:1] == ["list"]:
         print_registry()
         return None
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    token = None
     try:
         if args[:1] and args[0] in EXTRA_COMMANDS:
             code = EXTRA_COMMANDS[args[0]](args[1:])
             if code:
                 raise SystemExit(code)
             return None
+        check_command(args)
+        user = user_config.load_user_config()
         rewritten = rewrite_argv(args)
         check_yaml_files(rewritten)
+        sources = command_sources(args, rewritten, user)
+        rewritten = apply_data_roots(rewritten, sources, user)
+        sources.rewritten = rewritten
+        token = CURRENT.set(sources)
         _report_plugin_failures()
         if from_sys:
             # Rewrite in place: DDP's re-launch of this script then sees the same arguments.
             sys.argv[1:] = rewritten
-            return _finish_runs(_cli(None))
-        return _finish_runs(_cli(rewritten))
+            return _finish_runs(_cli(None, user=user))
+        return _finish_runs(_cli(rewritten, user=user))
     except MLRBenchError as exc:
         print(f"mlr-bench: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except MisconfigurationException as exc:  # Lightning's word for a bad trainer setting
+        print(f"mlr-bench: error: invalid trainer setting: {' '.join(str(exc).split())}",
+              file=sys.stderr)  # fmt: skip
+        raise SystemExit(2) from None
+    finally:
+        if token is not None:
+            CURRENT.reset(token)
 
 
 def _finish_runs(cli: MLRBenchCLI) -> MLRBenchCLI:

@@ -38,6 +38,23 @@ class IncompatibleDataError(MLRBenchError, ValueError):
     """The method needs training data the datamodule cannot build."""
 
 
+class InvalidArgumentError(MLRBenchError, ValueError):
+    """A datamodule init argument outside its valid range (refused before anything runs)."""
+
+
+def check_int(name: str, value: Any, minimum: int, allow_none: bool = False) -> None:
+    """Refuse ``--data.<name>`` unless it is an integer >= ``minimum`` (or None if allowed):
+    a zero batch size or test set would otherwise fail deep inside a DataLoader or give a
+    metric over nothing."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        none = " (or null)" if allow_none else ""
+        raise InvalidArgumentError(
+            f"--data.{name}: expected an integer >= {minimum}{none}, got {value!r}"
+        )
+
+
 class NoTrainingData(Dataset):
     """One empty item, so that a method that does not train still runs a (no-op) fit epoch.
 
@@ -93,6 +110,10 @@ class MLRDataModule(LightningDataModule):
                 ``~/.cache/mlr-bench``).
         """
         super().__init__()
+        check_int("batch_size", batch_size, 1)
+        check_int("eval_batch_size", eval_batch_size, 1, allow_none=True)
+        check_int("num_workers", num_workers, 0)
+        check_int("image_size", image_size, 1, allow_none=True)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -295,6 +316,40 @@ class MLRDataModule(LightningDataModule):
             if transform is not None:
                 return transform
         return clip_eval_transform(self.image_size or 224)
+
+    def check_image_size(self, method: Any) -> None:
+        """Refuse an ``image_size`` the method's CLIP cannot encode, naming the sizes it can.
+
+        CLIP's positional embedding is fixed to one grid of locations (ResNet: size // 32 per
+        side, ViT: size // patch), so only sizes giving the backbone's own grid work; the CLI
+        calls this once method and data exist, before any run folder is made.
+        """
+        backbone = getattr(method, "backbone", None)
+        native = getattr(backbone, "image_size", None)
+        if self.image_size is None or not isinstance(native, int):
+            return
+        family = getattr(backbone, "family", None)
+        if family == "resnet":
+            stride, what = 32, "ResNet, stride 32"
+        elif family == "vit":
+            patch = getattr(getattr(backbone, "clip", None), "visual", None)
+            patch = getattr(patch, "patch_size", None)
+            stride = int(patch[0] if isinstance(patch, tuple | list) else patch or 0)
+            what = f"ViT, patch {stride}"
+        else:
+            return
+        if stride <= 0:
+            return
+        grid = native // stride
+        if self.image_size // stride == grid:
+            return
+        name = getattr(backbone, "model_name", type(backbone).__name__)
+        raise InvalidArgumentError(
+            f"--data.image_size {self.image_size}: CLIP '{name}' ({what}) has a positional "
+            f"embedding for a {grid}x{grid} grid, so it takes sizes {grid * stride} to "
+            f"{(grid + 1) * stride - 1} only; leave --data.image_size unset for its own "
+            f"{native}"
+        )
 
     def setup(self, stage: str) -> None:
         self.transform = self.resolve_transform()

@@ -32,6 +32,7 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
 from mlr_bench import registry
+from mlr_bench.errors import MLRBenchError
 
 if TYPE_CHECKING:
     from lightning.pytorch import LightningModule, Trainer
@@ -284,12 +285,25 @@ class MLRWandbLogger(WandbLogger):
             print_sync_hint(run)
 
 
+def require_tensorboard() -> None:
+    """TensorBoard logging needs ``tensorboard`` (or ``tensorboardX``), an optional package:
+    say so in one line before anything is built, not in a traceback from deep inside."""
+    import importlib.util
+
+    if not any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
+        raise MLRBenchError(
+            "--logger tensorboard needs the tensorboard package, which is not installed: "
+            "pip install tensorboard (or use --logger csv / --logger wandb)"
+        )
+
+
 class MLRTensorBoardLogger(TensorBoardLogger):
     """TensorBoard in the run tree, ``<default_root_dir>/<method>/<data>/version_N``, like the
     default CSV logger (plain ``TensorBoardLogger`` would need ``save_dir`` on the command line).
     Needs ``tensorboard`` (or ``tensorboardX``) installed."""
 
     def __init__(self, save_dir: str | None = None, name: str | None = None, **kwargs: Any):
+        require_tensorboard()
         self._save_dir_given, self._name_given = save_dir is not None, name is not None
         super().__init__(save_dir=save_dir or "runs", name=name or "", **kwargs)
 

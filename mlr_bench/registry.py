@@ -50,10 +50,52 @@ class RegistryEntry:
 
 @dataclass(frozen=True)
 class LoadFailure:
-    """A registered plugin that could not be imported; reported, never fatal for the others."""
+    """A registered plugin that could not be used; reported, never fatal for the others.
+
+    ``invalid`` is True when the target imported but is not a subclass of the group's base
+    class (an entry point pointing at a function or an unrelated class), False when the
+    import itself failed.
+    """
 
     entry: RegistryEntry
     error: str
+    invalid: bool = False
+
+    @property
+    def status(self) -> str:
+        """What ``mlr-bench list`` shows in place of the description."""
+        return "INVALID" if self.invalid else "FAILED TO LOAD"
+
+    def message(self, kind: str) -> str:
+        """One line saying why ``--<kind> NAME`` cannot run this entry point."""
+        what = "is not a valid plugin" if self.invalid else "failed to load"
+        source = f", from {self.entry.distribution}" if self.entry.distribution else ""
+        return (
+            f"--{kind} {self.entry.name}: the entry point '{self.entry.name}' "
+            f"({self.entry.target}{source}) {what}: {self.error}"
+        )
+
+
+def base_class(group: str) -> type:
+    """The class every entry of ``group`` must subclass (imported late: no import cycle)."""
+    if group == METHODS_GROUP:
+        from mlr_bench.method import MLRMethod
+
+        return MLRMethod
+    from mlr_bench.datamodule import MLRDataModule
+
+    return MLRDataModule
+
+
+def _kind_of(obj: object) -> str:
+    """``obj`` described for an error message: "function 'f'", "class 'pkg.C'"..."""
+    if inspect.isclass(obj):
+        return f"class '{obj.__module__}.{obj.__qualname__}'"
+    if inspect.isfunction(obj) or inspect.isbuiltin(obj):
+        return f"function '{getattr(obj, '__qualname__', obj)}'"
+    if inspect.ismodule(obj):
+        return f"module '{obj.__name__}'"
+    return f"{type(obj).__name__} object"
 
 
 def entries(group: str) -> dict[str, RegistryEntry]:
@@ -77,12 +119,27 @@ def load_group(group: str) -> tuple[dict[str, type], tuple[LoadFailure, ...]]:
     """
     loaded: dict[str, type] = {}
     failures: list[LoadFailure] = []
+    base = base_class(group)
     for name, entry in entries(group).items():
         try:
-            loaded[name] = entry.load()
+            obj = entry.load()
         except Exception as exc:  # any import-time error of foreign code must not break us
             failures.append(LoadFailure(entry, f"{type(exc).__name__}: {exc}"))
+            continue
+        if not (inspect.isclass(obj) and issubclass(obj, base)):
+            reason = f"{entry.target} is a {_kind_of(obj)}, not a subclass of {base.__name__}"
+            failures.append(LoadFailure(entry, reason, invalid=True))
+            continue
+        loaded[name] = obj
     return loaded, tuple(failures)
+
+
+def failure_for(kind: str, name: str) -> LoadFailure | None:
+    """Why the registered short name ``name`` cannot be used, or None if it can."""
+    for failure in load_group(GROUPS[kind])[1]:
+        if failure.entry.name == name.lower():
+            return failure
+    return None
 
 
 def resolve(kind: str, name: str) -> RegistryEntry:
