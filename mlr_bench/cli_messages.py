@@ -393,6 +393,13 @@ def bad_value_message(key: str, detail: str, sources: Sources) -> str:
     """``Parser key "batch_size": Expected a <class 'int'>. Got value: abc`` in CLI terms."""
     if key == "config" and (m := re.search(r"File does not exist: '?([^']+)'?", detail)):
         return f"--config: no such file: {m.group(1).strip()}"
+    if key in CLASS_SECTIONS:  # the class itself: not importable or not the right kind
+        chosen = sources.chosen(key)
+        value = f" {chosen}" if chosen else ""
+        return (
+            f"{CLASS_SECTIONS[key]}{value}: not a name from `mlr-bench list`, an importable "
+            "class path or an existing config file"
+        )
     locations = _locations(key, sources)
     typed = locations[0][2] if locations else key
     if not typed.startswith("--"):

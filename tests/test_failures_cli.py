@@ -279,6 +279,7 @@ def test_unset_epochs_become_the_reference_twenty():
         (["fit", "--method", "zeroshot", *WORLD, "--data.batch_size", "abc"], "an integer"),
         (["fit", "--method", "zeroshot", *WORLD, "--method.templates", "x"], "'single'"),
         (["fit", "--method.help", "zeroshoot"], "Did you mean 'zeroshot'"),
+        (["fit", "--method", "nope.mod.Cls", *WORLD], "--method nope.mod.Cls: not a name"),
     ],
     ids=[
         "devices-0",
@@ -293,6 +294,7 @@ def test_unset_epochs_become_the_reference_twenty():
         "batch-size-abc",
         "bad-choice",
         "help-unknown-name",
+        "unimportable-class-path",
     ],
 )
 def test_sibling_mistakes_are_one_line(args, expected, capsys):
