@@ -47,7 +47,8 @@ def refused(args: list[str], capsys: pytest.CaptureFixture) -> str:
     with pytest.raises(SystemExit) as exc:
         run_cli(args)
     assert exc.value.code == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mlr-bench")]
+    lines = capsys.readouterr().err.splitlines()
+    err = [line for line in lines if line.startswith("mlr-bench") and not line.startswith("mlr-bench: note:")]
     assert len(err) == 1, err
     return err[0]
 
