@@ -385,7 +385,7 @@ class MLRBenchCLI(LightningCLI):
         if unset and trainer.get("max_steps") in (None, -1):
             model = config.get("model")
             cls = load_class(str(getattr(model, "class_path", "") or ""))
-            defaults = {**DEFAULT_TRAINER, **dict(getattr(cls, "trainer_defaults", {}) or {})}
+            defaults = {**DEFAULT_TRAINER, **dict(getattr(cls, "trainer_defaults", {}))}
             trainer["max_epochs"] = defaults["max_epochs"]
 
     def after_instantiate_classes(self) -> None:
@@ -780,9 +780,8 @@ EXTRA_COMMANDS = {
 def _report_plugin_failures() -> None:
     for group in registry.GROUPS.values():
         for failure in registry.load_group(group)[1]:
-            what = "is invalid" if failure.invalid else "failed to load"
             print(
-                f"mlr-bench: warning: plugin '{failure.entry.name}' ({group}) {what}: "
+                f"mlr-bench: warning: plugin '{failure.entry.name}' ({group}) {failure.reason}: "
                 f"{failure.error}",
                 file=sys.stderr,
             )

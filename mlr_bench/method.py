@@ -33,6 +33,9 @@ class MLRMethod(LightningModule):
     #: Trainer arguments the method needs whatever the user configured (e.g. a zero-shot
     #: method trains for exactly one no-op epoch). Applied by the CLI when it builds the Trainer.
     trainer_overrides: ClassVar[Mapping[str, Any]] = {}
+    #: Trainer arguments used only when the user set none (e.g. ``{"max_epochs": 50}`` for a
+    #: method whose reference recipe trains longer than the CLI's default of 20 epochs).
+    trainer_defaults: ClassVar[Mapping[str, Any]] = {}
     #: State-dict prefixes of frozen modules; they are left out of checkpoints, which then hold
     #: only what the method learned (small files, no copy of CLIP per run).
     frozen_prefixes: ClassVar[tuple[str, ...]] = ("backbone.",)

@@ -66,13 +66,17 @@ class LoadFailure:
         """What ``mlr-bench list`` shows in place of the description."""
         return "INVALID" if self.invalid else "FAILED TO LOAD"
 
+    @property
+    def reason(self) -> str:
+        """Why the entry point is unusable, in a few words."""
+        return "is not a valid plugin" if self.invalid else "failed to load"
+
     def message(self, kind: str) -> str:
         """One line saying why ``--<kind> NAME`` cannot run this entry point."""
-        what = "is not a valid plugin" if self.invalid else "failed to load"
         source = f", from {self.entry.distribution}" if self.entry.distribution else ""
         return (
             f"--{kind} {self.entry.name}: the entry point '{self.entry.name}' "
-            f"({self.entry.target}{source}) {what}: {self.error}"
+            f"({self.entry.target}{source}) {self.reason}: {self.error}"
         )
 
 

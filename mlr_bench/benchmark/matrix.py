@@ -97,7 +97,7 @@ def resolve_names(kind: str, value: str) -> list[str]:
         for failure in failures:
             print(
                 f"mlr-bench benchmark: warning: leaving out {kind} '{failure.entry.name}': "
-                f"it failed to load ({failure.error})",
+                f"it {failure.reason} ({failure.error})",
                 file=sys.stderr,
             )
         return [name for name in registry.entries(group) if name in loaded]
