@@ -48,7 +48,11 @@ def refused(args: list[str], capsys: pytest.CaptureFixture) -> str:
         run_cli(args)
     assert exc.value.code == 2
     lines = capsys.readouterr().err.splitlines()
-    err = [line for line in lines if line.startswith("mlr-bench") and not line.startswith("mlr-bench: note:")]
+    err = [
+        line
+        for line in lines
+        if line.startswith("mlr-bench") and not line.startswith("mlr-bench: note:")
+    ]
     assert len(err) == 1, err
     return err[0]
 
