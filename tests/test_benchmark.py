@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from bench_fixtures import COMC_TINY, TINY
 from PIL import Image
 
 from mlr_bench import registry
@@ -22,20 +23,8 @@ from mlr_bench.cli import run_cli
 from mlr_bench.errors import MLRBenchError
 
 #: A world small enough for seconds per cell; pass-through args reach every cell.
-TINY = [
-    "--data.num_test", "60", "--data.num_val", "30",
-    "--data.num_captions", "300", "--data.num_sentences", "200",
-]  # fmt: skip
 COLUMNS = ["method", "dataset", "backbone", "seed", "status", "mAP", "CF1", "OF1"]
 COLUMNS += ["CF1_top3", "OF1_top3", "train_time_s", "eval_time_s", "peak_memory_mb"]
-COMC_TINY = """\
-model:
-  class_path: mlr_bench.methods.comc.CoMC
-  init_args:
-    template_copies: 1
-data:
-  class_path: mlr_bench.datamodules.world.World
-"""
 
 
 class CountingRunner:

@@ -17,25 +17,15 @@ import time
 from pathlib import Path
 
 import pytest
+from bench_fixtures import COMC_TINY as COMC_RECIPE
+from bench_fixtures import TINY
 
 from mlr_bench.benchmark.lock import LOCK
 from mlr_bench.benchmark.matrix import DEFAULT_RECIPES
 from mlr_bench.benchmark.process import pid_alive
 from mlr_bench.cli import run_cli
 
-TINY = [
-    "--data.num_test", "60", "--data.num_val", "30",
-    "--data.num_captions", "300", "--data.num_sentences", "200",
-]  # fmt: skip
 ZEROSHOT = ["benchmark", "--methods", "zeroshot", "--data", "world", "--isolation", "in-process"]
-COMC_RECIPE = """\
-model:
-  class_path: mlr_bench.methods.comc.CoMC
-  init_args:
-    template_copies: 1
-data:
-  class_path: mlr_bench.datamodules.world.World
-"""
 
 
 def bench(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

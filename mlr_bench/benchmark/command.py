@@ -334,22 +334,23 @@ def benchmark_main(argv: Sequence[str]) -> int:
             "benchmark is running them; run the same command again once it has finished:",
             file=sys.stderr,
         )
-        for record in outcome.records:
-            if record.get("status") == "running":
-                print(
-                    f"  cell {record['method']}-{record['dataset']}-s{record['seed']} is "
-                    f"{record.get('error')}",
-                    file=sys.stderr,
-                )
+        _list_cells(outcome.records, "running", "  cell {name} is {error}")
         code = 1
     if outcome.failed:
         print(f"mlr-bench benchmark: {len(outcome.failed)} cell(s) failed:", file=sys.stderr)
-        for record in outcome.records:
-            if record.get("status") == "failed":
-                print(
-                    f"  {record['method']}-{record['dataset']}-s{record['seed']}: "
-                    f"{record.get('error')} (see {record.get('error_file')})",
-                    file=sys.stderr,
-                )
+        _list_cells(outcome.records, "failed", "  {name}: {error} (see {error_file})")
         code = 1
     return code
+
+
+def _list_cells(records: list[dict], status: str, line: str) -> None:
+    """One stderr line per cell of ``status``, formatted from its name and error fields."""
+    for record in records:
+        if record.get("status") == status:
+            name = f"{record['method']}-{record['dataset']}-s{record['seed']}"
+            print(
+                line.format(
+                    name=name, error=record.get("error"), error_file=record.get("error_file")
+                ),
+                file=sys.stderr,
+            )
