@@ -320,35 +320,25 @@ class MLRDataModule(LightningDataModule):
     def check_image_size(self, method: Any) -> None:
         """Refuse an ``image_size`` the method's CLIP cannot encode, naming the sizes it can.
 
-        CLIP's positional embedding is fixed to one grid of locations (ResNet: size // 32 per
-        side, ViT: size // patch), so only sizes giving the backbone's own grid work; the CLI
-        calls this once method and data exist, before any run folder is made.
+        Any positive multiple of the ResNet's stride (32) or the ViT's patch size works: the
+        backbone resizes its positional embedding to the resulting grid. Other sizes would be
+        cut to a smaller grid silently (ResNet) or drop border pixels (ViT), so they are
+        refused; the CLI calls this once method and data exist, before any run folder is made.
         """
         backbone = getattr(method, "backbone", None)
         native = getattr(backbone, "image_size", None)
         if self.image_size is None or not isinstance(native, int):
             return
-        family = getattr(backbone, "family", None)
-        if family == "resnet":
-            stride, what = 32, "ResNet, stride 32"
-        elif family == "vit":
-            patch = getattr(getattr(backbone, "clip", None), "visual", None)
-            patch = getattr(patch, "patch_size", None)
-            stride = int(patch[0] if isinstance(patch, tuple | list) else patch or 0)
-            what = f"ViT, patch {stride}"
-        else:
+        stride, what = _backbone_stride(backbone)
+        if stride <= 0 or (self.image_size > 0 and self.image_size % stride == 0):
             return
-        if stride <= 0:
-            return
-        grid = native // stride
-        if self.image_size // stride == grid:
-            return
+        lower = max(self.image_size // stride, 1) * stride
+        nearest = f"{'..., ' if lower > stride else ''}{lower}, {lower + stride}, ..."
         name = getattr(backbone, "model_name", type(backbone).__name__)
         raise InvalidArgumentError(
-            f"--data.image_size {self.image_size}: CLIP '{name}' ({what}) has a positional "
-            f"embedding for a {grid}x{grid} grid, so it takes sizes {grid * stride} to "
-            f"{(grid + 1) * stride - 1} only; leave --data.image_size unset for its own "
-            f"{native}"
+            f"--data.image_size {self.image_size}: CLIP '{name}' ({what}) takes positive "
+            f"multiples of {stride} ({nearest}), or leave --data.image_size unset for its "
+            f"native {native}"
         )
 
     def setup(self, stage: str) -> None:
@@ -414,3 +404,15 @@ def multi_hot(labels: Sequence[int], difficult: Sequence[int], num_classes: int)
     target[list(difficult)] = 0
     target[list(labels)] = 1
     return target
+
+
+def _backbone_stride(backbone: Any) -> tuple[int, str]:
+    """Pixels per feature location of a CLIPBackbone and its description; 0 when unknown."""
+    family = getattr(backbone, "family", None)
+    if family == "resnet":
+        return 32, "ResNet, stride 32"
+    if family == "vit":
+        patch = getattr(getattr(getattr(backbone, "clip", None), "visual", None), "patch_size", 0)
+        stride = int(patch[0] if isinstance(patch, tuple | list) else patch or 0)
+        return stride, f"ViT, patch {stride}"
+    return 0, ""

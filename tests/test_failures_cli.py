@@ -57,8 +57,18 @@ def test_out_of_range_data_argument(option, value, expected, capsys):
 
 
 def test_image_size_the_backbone_cannot_take(capsys):
-    line = fails(["validate", "--method", "zeroshot", *WORLD, "--data.image_size", "480"], capsys)
-    assert "--data.image_size 480" in line and "96 to 127" in line  # world micro-CLIP: 3x3 grid
+    line = fails(["validate", "--method", "zeroshot", *WORLD, "--data.image_size", "100"], capsys)
+    assert "--data.image_size 100" in line and "multiples of 32 (..., 96, 128, ...)" in line
+    assert "native 96" in line  # world micro-CLIP: a ResNet, stride 32
+    line = fails(["validate", "--method", "zeroshot", *WORLD, "--data.image_size", "0"], capsys)
+    assert "--data.image_size" in line and "got 0" in line
+    # twice the native size is no longer refused: the positional embedding is resized
+    args = ["--method", "zeroshot", *WORLD, "--data.image_size", "192"]
+    cli = _cli(rewrite_argv(args), run=False)
+    cli.datamodule.check_image_size(cli.model)
+    cli.datamodule.image_size = 0  # reached only by code that skips the constructor's check
+    with pytest.raises(ValueError, match=r"image_size 0: .*multiples of 32 \(32, 64, \.\.\.\)"):
+        cli.datamodule.check_image_size(cli.model)
 
 
 # ---- 2. config files: unknown keys, method: ---------------------------------------------------

@@ -8,6 +8,7 @@ random model — what tests and offline smoke runs use.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -343,15 +344,18 @@ class CLIPBackbone(nn.Module):
 
     # ---- images ------------------------------------------------------------------------------
     def encode_image(self, images: Tensor) -> Tensor:
-        """L2-normalised global image embeddings ``[B, D]`` (CLIP's own pooling)."""
-        out = self.clip.visual(images)
-        out = out[0] if isinstance(out, tuple) else out
-        return F.normalize(out.float(), dim=-1)
+        """L2-normalised global image embeddings ``[B, D]`` (CLIP's own pooling), at any input
+        size: the positional embedding is resized to the input's grid."""
+        if self.family == "vit":
+            pooled, _, _ = _vit_forward(self.clip.visual, images)
+            return _unit(pooled)
+        x = _resnet_trunk(self.clip.visual, images)
+        return _unit(_attention_pool(self.clip.visual.attnpool, x))
 
     def encode_image_dense(
         self, images: Tensor, global_pool: Literal["clip", "no_pos"] = "clip"
     ) -> ImageFeatures:
-        """Global and per-location features.
+        """Global and per-location features, at any input size (``grid`` follows the input).
 
         ResNet: the last stage's map goes through the attention pool's value and output
         projections per location (no query/key attention, as TaI-DPT and MaskCLIP do).
@@ -360,18 +364,15 @@ class CLIPBackbone(nn.Module):
         projected; the global feature is the class token (``global_pool`` has no effect).
         """
         if self.family == "vit":
-            pooled, tokens = self.clip.visual(images)
+            pooled, tokens, grid = _vit_forward(self.clip.visual, images)
             dense = tokens @ self.clip.visual.proj
-            side = round(dense.shape[1] ** 0.5)
-            return ImageFeatures(_unit(pooled), _unit(dense), (side, side), _unit(pooled))
-        visual = self.clip.visual
-        x = visual.stem(images.type(visual.conv1.weight.dtype))
-        x = visual.layer4(visual.layer3(visual.layer2(visual.layer1(x))))
+            return ImageFeatures(_unit(pooled), _unit(dense), grid, _unit(pooled))
+        x = _resnet_trunk(self.clip.visual, images)
         h, w = x.shape[-2:]
-        pool = visual.attnpool
+        pool = self.clip.visual.attnpool
         flat = x.flatten(2).transpose(1, 2)  # [B, HW, C]
         dense = pool.c_proj(pool.v_proj(flat))
-        with_pos, no_pos = pool(x), _attention_pool_without_position(pool, flat)
+        with_pos, no_pos = _attention_pool(pool, x), _attention_pool_without_position(pool, flat)
         global_, other = (with_pos, no_pos) if global_pool == "clip" else (no_pos, with_pos)
         return ImageFeatures(_unit(global_), _unit(dense), (int(h), int(w)), _unit(other))
 
@@ -418,14 +419,87 @@ def _unit(x: Tensor) -> Tensor:
     return F.normalize(x.float(), dim=-1)
 
 
+def resize_positional_embedding(pos: Tensor, grid: tuple[int, int]) -> Tensor:
+    """``pos`` (``[1 + n*n, C]``: a leading class/mean token, then an n x n grid) for an
+    ``grid`` = (h, w) map: the first row kept, the grid resized bicubically (CLIP practice).
+
+    The native grid returns ``pos`` itself, so native-size features stay bit-identical. The
+    resize runs in float32 (half-precision bicubic is unsupported on CPU) and is cast back;
+    it is cheap next to the encoder, so it is not cached (a cache would go stale if the
+    weights were changed in place).
+    """
+    side = math.isqrt(pos.shape[0] - 1)
+    if side * side != pos.shape[0] - 1:
+        raise ValueError(f"positional embedding of {pos.shape[0]} rows is not 1 + a square grid")
+    if (side, side) == tuple(grid):
+        return pos
+    square = pos[1:].float().reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    resized = F.interpolate(square, size=tuple(grid), mode="bicubic", align_corners=False)
+    spatial = resized.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1).to(pos.dtype)
+    return torch.cat([pos[:1], spatial])
+
+
+def _resnet_trunk(visual: nn.Module, images: Tensor) -> Tensor:
+    """The ModifiedResNet's last-stage map ``[B, C, h, w]`` (everything before the pool)."""
+    x = visual.stem(images.type(visual.conv1.weight.dtype))
+    return visual.layer4(visual.layer3(visual.layer2(visual.layer1(x))))
+
+
+def _vit_forward(visual: nn.Module, images: Tensor) -> tuple[Tensor, Tensor, tuple[int, int]]:
+    """open_clip's VisionTransformer forward with the positional embedding resized to the
+    patch grid of ``images``: (projected class token, patch tokens after ``ln_post``, grid).
+
+    The same operations in the same order as open_clip's ``_embeds`` + ``forward``, so the
+    native size matches ``model.encode_image`` exactly; the frozen parameter is never changed.
+    """
+    x = visual.conv1(images.type(visual.conv1.weight.dtype))  # [B, width, h, w]
+    grid = (int(x.shape[-2]), int(x.shape[-1]))
+    x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+    cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
+    x = torch.cat([cls, x], dim=1)
+    x = x + resize_positional_embedding(visual.positional_embedding, grid).to(x.dtype)
+    x = visual.ln_pre(visual.patch_dropout(x))
+    pooled, tokens = _vit_pool(visual, visual.transformer(x))
+    if visual.proj is not None:
+        pooled = pooled @ visual.proj
+    return pooled, tokens, grid
+
+
+def _vit_pool(visual: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """open_clip's pooling of the transformer output (no attentional pooler, see __init__);
+    replayed for open_clip versions before ``_pool`` existed."""
+    if hasattr(visual, "_pool"):
+        return visual._pool(x)
+    if getattr(visual, "final_ln_after_pool", False):
+        pooled, tokens = visual._global_pool(x)
+        return visual.ln_post(pooled), tokens
+    return visual._global_pool(visual.ln_post(x))
+
+
+def _attention_pool(pool: nn.Module, x: Tensor) -> Tensor:
+    """CLIP's attention pool over a ``[B, C, h, w]`` map of any size, its positional embedding
+    resized to (h, w); the same operations as open_clip's ``AttentionPool2d.forward``."""
+    pos = resize_positional_embedding(pool.positional_embedding, tuple(x.shape[-2:]))
+    x = x.reshape(x.shape[0], x.shape[1], x.shape[2] * x.shape[3]).permute(2, 0, 1)  # [HW, B, C]
+    x = torch.cat([x.mean(dim=0, keepdim=True), x], dim=0)
+    x = x + pos[:, None, :].to(x.dtype)
+    return _pool_attention(pool, x, x)
+
+
 def _attention_pool_without_position(pool: nn.Module, flat: Tensor) -> Tensor:
     """CLIP's attention pool (mean query over all locations) with no positional embedding."""
     x = torch.cat([flat.mean(dim=1, keepdim=True), flat], dim=1).transpose(0, 1)  # [HW+1, B, C]
+    return _pool_attention(pool, x[:1], x)
+
+
+def _pool_attention(pool: nn.Module, query: Tensor, tokens: Tensor) -> Tensor:
+    """The attention pool's multi-head attention of ``query`` over ``tokens`` (both
+    ``[L, B, C]``), returning the first query's output ``[B, D]``."""
     out, _ = F.multi_head_attention_forward(
-        query=x[:1],
-        key=x,
-        value=x,
-        embed_dim_to_check=x.shape[-1],
+        query=query,
+        key=tokens,
+        value=tokens,
+        embed_dim_to_check=tokens.shape[-1],
         num_heads=pool.num_heads,
         q_proj_weight=pool.q_proj.weight,
         k_proj_weight=pool.k_proj.weight,
