@@ -132,18 +132,28 @@ def check_checkpoint_roundtrip(model: MLRMethod, datamodule: MLRDataModule, root
     assert torch.equal(original, restored), "scores differ after a checkpoint round-trip"
 
 
+#: The ``mlr-bench`` console script of this interpreter's environment (plain ``ddp`` relaunches
+#: ``sys.argv``, which must therefore be a script, not ``python -c``).
+CONSOLE_SCRIPT = Path(sys.executable).with_name("mlr-bench")
+
+
 def check_ddp_matches_single_process(
     method: str,
     root: Path,
     data_args: Sequence[str] = SMALL_WORLD,
     method_args: Sequence[str] = (),
 ) -> dict[str, float]:
-    """``mlr-bench train`` (fit one epoch, test the last checkpoint) under 2-process
-    ``ddp_spawn`` on CPU, then test the same checkpoint in one process: the test metrics must
-    be identical. Runs the real CLI in fresh interpreters, as users run it. Returns them."""
+    """``mlr-bench train`` (fit one epoch, test the last checkpoint) under 2-process DDP on
+    CPU, then test the same checkpoint in one process: the test metrics must be identical.
+    Runs the real CLI in fresh interpreters, as users run it (plain ``ddp`` through the console
+    script when it is installed: one launch for fit and test; ``ddp_spawn`` otherwise, which
+    spawns again for each). Plain ``ddp`` also proves that every trainable parameter of each
+    stage gets a gradient every step (PVP's two fits), or DDP's reducer fails. Returns the
+    metrics."""
     common = ["--method", method, *method_args, *data_args, *QUIET]
     ddp_root, single_root = root / "ddp", root / "single"
-    ddp = ["--trainer.accelerator", "cpu", "--trainer.strategy", "ddp_spawn", "--trainer.devices"]
+    strategy = "ddp" if CONSOLE_SCRIPT.is_file() else "ddp_spawn"
+    ddp = ["--trainer.accelerator", "cpu", "--trainer.strategy", strategy, "--trainer.devices"]
     _run_cli(
         ["train", *common, *ddp, "2", "--trainer.max_epochs", "1", "--test_ckpt", "last"], ddp_root
     )
@@ -161,8 +171,11 @@ def check_ddp_matches_single_process(
 
 def _run_cli(args: list[str], root: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    entry = "from mlr_bench.cli import main; main()"
-    cmd = [sys.executable, "-c", entry, *args, "--trainer.default_root_dir", str(root)]
+    if CONSOLE_SCRIPT.is_file():
+        launcher = [str(CONSOLE_SCRIPT)]
+    else:
+        launcher = [sys.executable, "-c", "from mlr_bench.cli import main; main()"]
+    cmd = [*launcher, *args, "--trainer.default_root_dir", str(root)]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}"
 
