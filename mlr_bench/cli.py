@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.strategies import DDPStrategy
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from mlr_bench import registry, user_config
 from mlr_bench.cli_messages import (
@@ -41,6 +41,7 @@ from mlr_bench.datamodule import MLRDataModule
 from mlr_bench.errors import MLRBenchError
 from mlr_bench.eval.evaluator import Evaluator
 from mlr_bench.method import MLRMethod
+from mlr_bench.provenance import random_weights_warning
 from mlr_bench.runs import run_dir
 from mlr_bench.stages import fit_prior_stage
 
@@ -395,6 +396,8 @@ class MLRBenchCLI(LightningCLI):
         datamodule, model = getattr(self, "datamodule", None), getattr(self, "model", None)
         if isinstance(datamodule, MLRDataModule) and model is not None:
             datamodule.check_image_size(model)
+        if self.subcommand is not None:
+            _warn_random_weights(model)
 
     def instantiate_classes(self) -> None:
         try:
@@ -676,6 +679,14 @@ def _note_world_recipe(sources: Sources) -> None:
             f"README's numbers is --config {recipe}",
             file=sys.stderr,
         )
+
+
+def _warn_random_weights(model: Any) -> None:
+    """Say once, before a run's numbers exist, that random CLIP weights make them meaningless
+    (on rank 0 only: DDP starts the CLI again in every process)."""
+    line = random_weights_warning(model)
+    if line and rank_zero_only.rank == 0:
+        print(line, file=sys.stderr)
 
 
 def check_command(args: Sequence[str]) -> None:

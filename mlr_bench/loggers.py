@@ -2,8 +2,10 @@
 
 ``MLRWandbLogger`` is what ``--logger wandb`` selects. It never needs the network: without an
 API key (``WANDB_API_KEY`` or a netrc entry for the W&B host) it logs offline, to be uploaded
-later with ``wandb sync``. Runs are named ``<method>-<dataset>-<backbone>-s<seed>``, typed by
-the CLI subcommand (``job_type``) and live inside mlr-bench's run tree, so a run's checkpoints,
+later with ``wandb sync``. Runs are named ``<method>-<dataset>-<backbone>-s<seed>`` (with
+``-random`` after the backbone, config ``weights: random`` and tag ``random-weights`` when CLIP
+has random weights, so a dashboard never mixes them with real runs), typed by the CLI
+subcommand (``job_type``) and live inside mlr-bench's run tree, so a run's checkpoints,
 ``config.yaml``, ``results_test.json`` and its W&B files sit in one folder::
 
     runs/<method>/<dataset>/wandb/<run id>/            checkpoints/, config.yaml, results_*.json
@@ -33,6 +35,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from mlr_bench import registry
 from mlr_bench.errors import MLRBenchError
+from mlr_bench.provenance import RANDOM, RANDOM_TAG, weights_provenance
 
 if TYPE_CHECKING:
     from lightning.pytorch import LightningModule, Trainer
@@ -42,7 +45,7 @@ DEFAULT_PROJECT = "mlr-bench"
 #: Seconds ``wandb.init`` may wait for the W&B service/server (W&B's default is 90).
 DEFAULT_INIT_TIMEOUT = 15.0
 #: Top-level config keys every run carries, for filtering and grouping in the W&B UI.
-FLAT_KEYS = ("method", "dataset", "backbone", "seed", "text_source")
+FLAT_KEYS = ("method", "dataset", "backbone", "weights", "seed", "text_source")
 BEST_KEY = "val/mAP"
 #: W&B's staging folder for media and artifact files (read when a file is logged).
 DATA_DIR_ENV = "WANDB_DATA_DIR"
@@ -61,22 +64,33 @@ class RunContext:
 
 # ---- facts and modes ----------------------------------------------------------------------
 def run_facts(model: Any, datamodule: Any, seed: int | None = None) -> dict[str, Any]:
-    """The flat keys of a run: method, dataset, backbone, seed, text_source."""
+    """The flat keys of a run: method, dataset, backbone, weights, seed, text_source."""
     if seed is None and os.environ.get("PL_GLOBAL_SEED") is not None:
         seed = int(os.environ["PL_GLOBAL_SEED"])
     return {
         "method": registry.name_for_class("method", type(model)),
         "dataset": registry.name_for_class("data", type(datamodule)) if datamodule else None,
         "backbone": getattr(model, "hparams", {}).get("backbone"),
+        "weights": weights_provenance(model),
         "seed": seed,
         "text_source": getattr(model, "text_source", None),
     }
 
 
 def default_run_name(facts: Mapping[str, Any]) -> str:
-    """``<method>-<dataset>-<backbone>-s<seed>`` (no ``-s`` part when no seed was set)."""
+    """``<method>-<dataset>-<backbone>[-random]-s<seed>`` (no ``-s`` part when no seed was
+    set): ``-random`` keeps a random-weight run's name from passing for a real one."""
     seed = "" if facts.get("seed") is None else f"-s{facts['seed']}"
-    return f"{facts['method']}-{facts['dataset']}-{facts['backbone']}{seed}"
+    weights = "-random" if facts.get("weights") == RANDOM else ""
+    return f"{facts['method']}-{facts['dataset']}-{facts['backbone']}{weights}{seed}"
+
+
+def run_tags(tags: Sequence[str] | None, facts: Mapping[str, Any]) -> list[str] | None:
+    """``tags`` plus ``random-weights`` for a run whose CLIP has random weights."""
+    tags = list(tags or ())
+    if facts.get("weights") == RANDOM and RANDOM_TAG not in tags:
+        tags.append(RANDOM_TAG)
+    return tags or None
 
 
 def has_wandb_credentials() -> bool:
@@ -158,9 +172,10 @@ def _new_run_id() -> str:
 class MLRWandbLogger(WandbLogger):
     """W&B for mlr-bench runs: offline without an API key, named, grouped, never blocking.
 
-    Logs the flat keys (method, dataset, backbone, seed, text_source) and the full resolved CLI
-    config, keeps ``val/mAP`` in the summary as the best value so far (also ``val/mAP_best``)
-    and, at test, a per-class AP table and a predictions table (see ``log_test_tables``).
+    Logs the flat keys (method, dataset, backbone, weights, seed, text_source) and the full
+    resolved CLI config, keeps ``val/mAP`` in the summary as the best value so far (also
+    ``val/mAP_best``) and, at test, a per-class AP table and a predictions table (see
+    ``log_test_tables``). A run with random CLIP weights is tagged ``random-weights``.
     """
 
     def __init__(
@@ -238,6 +253,7 @@ class MLRWandbLogger(WandbLogger):
             init["name"] = self._name = default_run_name(facts)
         if init.get("job_type") is None:
             init["job_type"] = context.stage
+        init["tags"] = run_tags(init.get("tags"), facts)
         init["config"] = {**facts, **context.config, **dict(init.get("config") or {})}
 
     @property
@@ -342,6 +358,9 @@ def describe_run(logger: WandbLogger, trainer: Trainer, pl_module: LightningModu
     missing = {k: v for k, v in facts.items() if k not in run.config}
     if missing:
         run.config.update(missing, allow_val_change=True)
+    tags = run_tags(run.tags, facts)
+    if tags and tuple(tags) != tuple(run.tags or ()):
+        run.tags = tuple(tags)
     if isinstance(logger, MLRWandbLogger) and logger._wandb_init.get("name") is None:
         run.name = default_run_name(facts)
 

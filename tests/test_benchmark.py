@@ -224,7 +224,8 @@ def test_reference_numbers_are_marked_and_only_verified_shown() -> None:
     assert {r.status for r in reference.numbers} == {"log", "seen", "unverified"}
     record = {
         "method": "taidpt", "dataset": "voc2007", "seed": 1, "status": "ok", "backbone": "RN50",
-        "metrics": {"mAP": 88.0, "CF1": 1.0, "OF1": 1.0}, "per_class_ap": {},
+        "weights": "pretrained", "metrics": {"mAP": 88.0, "CF1": 1.0, "OF1": 1.0},
+        "per_class_ap": {},
     }  # fmt: skip
     text = leaderboard_markdown("t", [record], ["taidpt"], ["voc2007"], [1], reference)
     assert "voc2007 (reported)" in text and "88.38 [1]" in text and "[log]" in text

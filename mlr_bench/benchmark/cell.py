@@ -23,6 +23,7 @@ from typing import Any
 from mlr_bench.benchmark.matrix import Cell
 from mlr_bench.benchmark.process import terminating
 from mlr_bench.errors import MLRBenchError
+from mlr_bench.provenance import UNKNOWN
 from mlr_bench.runs import atomic_write_json, atomic_write_text
 
 RESULT = "result.json"
@@ -133,6 +134,7 @@ def run_cell_here(cell: Cell, args: Sequence[str]) -> dict[str, Any] | None:
         "dataset": cell.dataset,
         "seed": cell.seed,
         "backbone": ((results.get("method") or {}).get("init_args") or {}).get("backbone"),
+        "weights": results.get("weights", UNKNOWN),  # random weights: rehearsal only
         "status": "ok",
         "metrics": results["metrics"],
         "per_class_ap": results["per_class_ap"],

@@ -10,7 +10,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from mlr_bench.benchmark.report import Summary
+from mlr_bench.benchmark.report import RANDOM_LABEL, Summary
 
 
 def _pyplot():  # imported lazily: matplotlib is only needed once the matrix is done
@@ -44,7 +44,7 @@ def map_bar_chart(
     width = 0.8 / max(len(methods), 1)
     fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(datasets) * max(len(methods), 2) / 2), 4))
     for i, method in enumerate(methods):
-        xs, heights, errors = [], [], []
+        xs, heights, errors, labels = [], [], [], []
         for j, dataset in enumerate(datasets):
             s = by_key.get((method, dataset))
             if s is None or math.isnan(s.mean["mAP"]):
@@ -52,8 +52,9 @@ def map_bar_chart(
             xs.append(j - 0.4 + width * (i + 0.5))
             heights.append(s.mean["mAP"])
             errors.append(s.std["mAP"])
+            labels.append(f"{s.mean['mAP']:.1f}" + ("\nrandom" if s.random_weights else ""))
         bars = ax.bar(xs, heights, width, yerr=errors, capsize=3, label=method)
-        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+        ax.bar_label(bars, labels=labels, fontsize=7, padding=2)
     ax.set_xticks(range(len(datasets)), list(datasets))
     ax.set_xlabel("dataset")
     ax.set_ylabel("test mAP (%)")
@@ -105,6 +106,14 @@ def per_class_heatmap(
         plt.close(fig)
 
 
+def _random_mark(summaries: Sequence[Summary]) -> str:
+    """A title suffix when any of the plotted cells had random CLIP weights."""
+    if not any(s.random_weights for s in summaries):
+        return ""
+    marked = [s.method for s in summaries if s.random_weights]
+    return f"\n({', '.join(dict.fromkeys(marked))}: {RANDOM_LABEL})"
+
+
 def plot_all(
     summaries: Sequence[Summary],
     methods: Sequence[str],
@@ -121,16 +130,17 @@ def plot_all(
             methods,
             datasets,
             folder / "map_by_method.png",
-            f"{name}: test mAP, mean ± std over seeds {seed_text}",
+            f"{name}: test mAP, mean ± std over seeds {seed_text}{_random_mark(summaries)}",
         )
     ]
     for dataset in datasets:
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", dataset)
+        mark = _random_mark([s for s in summaries if s.dataset == dataset])
         path = per_class_heatmap(
             summaries,
             dataset,
             folder / f"per_class_ap_{safe}.png",
-            f"{name}: per-class test AP on {dataset} (mean over seeds)",
+            f"{name}: per-class test AP on {dataset} (mean over seeds){mark}",
         )
         if path is not None:
             paths.append(path)

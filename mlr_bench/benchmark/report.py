@@ -6,17 +6,20 @@ import csv
 import io
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from mlr_bench.benchmark.reference import ReferenceTable, Reported
+from mlr_bench.provenance import PRETRAINED, RANDOM, UNKNOWN
 
-ID_COLUMNS = ["method", "dataset", "backbone", "seed", "status"]
+ID_COLUMNS = ["method", "dataset", "backbone", "weights", "seed", "status"]
 HEADLINE_METRICS = ["mAP", "CF1", "OF1"]
 COST_COLUMNS = ["train_time_s", "eval_time_s", "peak_memory_mb", "memory"]
 TAIL_COLUMNS = ["run_dir", "error"]
+#: Beside the mAP of a cell whose CLIP had random weights (``--method.pretrained none``).
+RANDOM_LABEL = "random weights — rehearsal only"
 
 
 def metric_columns(records: Sequence[dict[str, Any]]) -> list[str]:
@@ -62,10 +65,17 @@ class Summary:
     mean: dict[str, float]
     std: dict[str, float]
     per_class_ap: dict[str, float | None]  # mean over seeds; None: no positives
+    #: Provenance of CLIP's weights over the seeds (``random``, ``pretrained``, ``unknown``).
+    weights: list[str] = field(default_factory=list)
 
     @property
     def n(self) -> int:
         return len(self.seeds)
+
+    @property
+    def random_weights(self) -> bool:
+        """Any seed ran with random CLIP weights: the mean means nothing."""
+        return RANDOM in self.weights
 
 
 def summarise(records: Sequence[dict[str, Any]]) -> list[Summary]:
@@ -91,8 +101,11 @@ def summarise(records: Sequence[dict[str, Any]]) -> list[Summary]:
             aps = [a for a in aps if a is not None]
             per_class[name] = float(np.mean(aps)) if aps else None
         backbones = sorted({str(r.get("backbone")) for r in group})
+        weights = sorted({str(r.get("weights") or UNKNOWN) for r in group})
         seeds = [int(r["seed"]) for r in group]
-        out.append(Summary(method, dataset, backbones, seeds, mean, std, per_class))
+        out.append(
+            Summary(method, dataset, backbones, seeds, mean, std, per_class, weights=weights)
+        )
     return out
 
 
@@ -109,6 +122,44 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
+def _comparable(summary: Summary | None, ref: Reported) -> bool:
+    """A published number sits beside a cell only when every seed of the cell ran the
+    backbone it was reported for with pretrained weights (random weights: never)."""
+    return (
+        summary is not None
+        and summary.weights == [PRETRAINED]
+        and summary.backbones == [ref.backbone]
+    )
+
+
+def _why_left_out(summary: Summary, refs: Sequence[Reported]) -> str:
+    if summary.random_weights:
+        return "run with random weights"
+    if summary.weights != [PRETRAINED]:
+        return "weights not recorded (older mlr-bench)"
+    reported = ", ".join(sorted({r.backbone for r in refs}))
+    return f"run with {', '.join(summary.backbones)}, reported for {reported}"
+
+
+def _reported_for(
+    reference: ReferenceTable | None,
+    summaries: dict[tuple[str, str], Summary],
+    methods: Sequence[str],
+    datasets: Sequence[str],
+) -> tuple[dict[tuple[str, str], list[Reported]], list[str]]:
+    """Verified published numbers that may sit beside each cell, and the cells whose
+    published numbers were all left out, with why."""
+    shown: dict[tuple[str, str], list[Reported]] = {}
+    left_out = []
+    for cell in [(m, d) for m in methods for d in datasets]:
+        refs = [r for r in reference.for_cell(*cell) if r.verified] if reference else []
+        summary = summaries.get(cell)
+        shown[cell] = [r for r in refs if _comparable(summary, r)]
+        if summary is not None and refs and not shown[cell]:
+            left_out.append(f"- {cell[0]} on {cell[1]}: {_why_left_out(summary, refs)}")
+    return shown, left_out
+
+
 def leaderboard_markdown(
     title: str,
     records: Sequence[dict[str, Any]],
@@ -121,21 +172,23 @@ def leaderboard_markdown(
     """Test mAP (mean ± std) per method × dataset, best in bold, reported numbers beside.
 
     ``coverage`` says at the top which cells the tables cover; cells run with different
-    settings are flagged there and listed under *Settings*.
+    settings are flagged there and listed under *Settings*. Cells run with random CLIP weights
+    are marked, never bold and get no reported number: theirs would look like a comparison.
     """
     summaries = {(s.method, s.dataset): s for s in summarise(records)}
     variants = settings_variants(records)
     mixed_groups = mixed_setting_groups(records)
     best = {}
     for dataset in datasets:
-        means = [s.mean["mAP"] for (m, d), s in summaries.items() if d == dataset]
+        means = [
+            s.mean["mAP"]
+            for (m, d), s in summaries.items()
+            if d == dataset and not s.random_weights
+        ]
         means = [v for v in means if not math.isnan(v)]
         best[dataset] = max(means) if means else None
-    reported = {
-        (m, d): [r for r in reference.for_cell(m, d) if r.verified] if reference else []
-        for m in methods
-        for d in datasets
-    }
+    reported, left_out = _reported_for(reference, summaries, methods, datasets)
+    random_cells = any(s.random_weights for s in summaries.values())
     with_reported = [d for d in datasets if any(reported[(m, d)] for m in methods)]
     notes: list[Reported] = []
 
@@ -159,12 +212,15 @@ def leaderboard_markdown(
                 cell = cell if statuses else "not run"
             else:
                 cell = _pm(summary, "mAP")
-                if best[dataset] is not None and summary.mean["mAP"] == best[dataset]:
+                is_best = best[dataset] is not None and summary.mean["mAP"] == best[dataset]
+                if is_best and not summary.random_weights:
                     cell = f"**{cell}**"
                 if summary.n < len(seeds):
                     cell += f" (n={summary.n})"
                 if (method, dataset) in mixed_groups:
                     cell += " (mixed settings!)"
+                if summary.random_weights:
+                    cell += f" ({RANDOM_LABEL})"
             row.append(cell)
             if dataset in with_reported:
                 marks = []
@@ -190,8 +246,20 @@ def leaderboard_markdown(
         ),
         f"Test mAP (%) of the checkpoint selected on **val** (never test), mean ± std over "
         f"seeds {seed_text} (population std). **Bold**: best per dataset. Columns marked "
-        "*(reported)* are published numbers, **not run here**; sources and settings below.",
+        "*(reported)* are published numbers, **not run here**, shown only beside cells run "
+        "with pretrained weights of the backbone they were reported for; sources and settings "
+        "below.",
         "",
+        *(
+            [
+                f"**Random weights:** cells marked *{RANDOM_LABEL}* ran CLIP with a random "
+                "initialisation (`--method.pretrained none`), for rehearsal and throughput only: "
+                "their mAP means nothing, is never bold and has no reported number beside it.",
+                "",
+            ]
+            if random_cells
+            else []
+        ),
         *_table(header, rows),
     ]
     if variants:
@@ -208,6 +276,13 @@ def leaderboard_markdown(
             setting = f", {ref.setting}" if ref.setting else ""
             source = reference.sources[ref.source] if reference else ref.source
             lines.append(f"{i}. {ref.backbone}{setting} [{ref.status}]: {source}")
+    if left_out:
+        lines += [
+            "",
+            "Reported numbers left out: a published number is shown only beside a cell run "
+            "with pretrained weights of the backbone it was reported for.",
+            *left_out,
+        ]
     unverified = _unverified(reference, methods, datasets)
     if unverified:
         lines += ["", "Unverified (quoted second-hand, not confirmed from the paper; not shown):"]
@@ -239,7 +314,7 @@ def _details(
     datasets: Sequence[str],
 ) -> list[str]:
     metrics = metric_columns(records)
-    header = ["method", "dataset", "backbone", "seeds", *metrics]
+    header = ["method", "dataset", "backbone", "weights", "seeds", *metrics]
     header += ["train s", "eval s", "peak MB"]
     rows = []
     for dataset in datasets:
@@ -247,7 +322,7 @@ def _details(
             s = summaries.get((method, dataset))
             if s is None:
                 continue
-            row = [method, dataset, ", ".join(s.backbones), str(s.n)]
+            row = [method, dataset, ", ".join(s.backbones), ", ".join(s.weights), str(s.n)]
             row += [_pm(s, m) for m in metrics]
             row += [_pm(s, "train_time_s", 1), _pm(s, "eval_time_s", 1)]
             row += [_pm(s, "peak_memory_mb", 0)]

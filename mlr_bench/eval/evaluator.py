@@ -19,6 +19,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
 from mlr_bench.eval.metrics import MultilabelMetrics, compute_metrics
+from mlr_bench.provenance import weights_record
 from mlr_bench.runs import atomic_write_json, git_revision, run_dir, versions
 
 Stage = Literal["val", "test"]
@@ -47,7 +48,8 @@ class Evaluator(Callback):
 
     Logged keys are ``val/mAP``, ``test/mAP``, ``test/CF1``, ``test/OF1_top3``, ... and
     ``test/AP/<class>``; ``test`` (and a stand-alone ``validate``) also write
-    ``results_<stage>.json`` into the run directory next to ``checkpoints/``.
+    ``results_<stage>.json`` into the run directory next to ``checkpoints/``; the file says
+    whether CLIP had random weights (``"weights": "random"``), which make the numbers mean nothing.
     """
 
     def __init__(
@@ -185,6 +187,7 @@ class Evaluator(Callback):
                 "difficult": self.difficult,
             },
             "method": _describe(pl_module),
+            **weights_record(pl_module),  # "weights": random|pretrained, beside every number
             "data": _describe(datamodule),
             "seed": _seed(),
             "ckpt_path": str(Path(trainer.ckpt_path).resolve()) if trainer.ckpt_path else None,
