@@ -60,6 +60,6 @@ def random_weights_warning(method: Any) -> str | None:
     model = getattr(getattr(method, "backbone", None), "model_name", None)
     model = model or (getattr(method, "hparams", None) or {}).get("backbone", "?")
     return (
-        f"mlr-bench: note: CLIP '{model}' has random weights (--method.pretrained none): "
+        f"mlr-bench: warning: CLIP '{model}' has random weights (--method.pretrained none): "
         "for rehearsal and throughput only; its mAP means nothing"
     )

@@ -20,7 +20,7 @@ from mlr_bench.testing import QUIET, world_args
 WORLD = [*world_args(num_test=12, num_val=8, num_captions=64, num_sentences=64), *QUIET]
 RANDOM_TINY = ["--method.backbone", "mlr-tiny-rn", "--method.pretrained", "none"]
 WARNING = (
-    "mlr-bench: note: CLIP 'mlr-tiny-rn' has random weights (--method.pretrained none): "
+    "mlr-bench: warning: CLIP 'mlr-tiny-rn' has random weights (--method.pretrained none): "
     "for rehearsal and throughput only; its mAP means nothing"
 )
 
