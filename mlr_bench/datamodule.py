@@ -26,6 +26,7 @@ from mlr_bench.features import (
     image_features,
     text_features,
 )
+from mlr_bench.features.text import finish_text_batch
 from mlr_bench.text.corpus import TextCorpus, TextDataset, TextRequest, template_corpus
 from mlr_bench.text.sources import EmptyCorpusError
 from mlr_bench.text.truncate import CLIP_CONTEXT_LENGTH
@@ -150,7 +151,9 @@ class MLRDataModule(LightningDataModule):
         are built here; generated images come as frozen feature samples from their cache)."""
         if kind == TEXT:
             if self._text_parts():
-                return TextFeatureDataset(self.text_cache())
+                # under a Trainer, tokens cached before the projection are projected on its
+                # device by on_after_batch_transfer (cheap there, ~0.5 s per batch on a CPU)
+                return TextFeatureDataset(self.text_cache(), self.trainer is not None)
             return TextDataset(self.training_corpus())
         if kind == GENERATED_IMAGES:
             return ImageFeatureDataset(self.generated_cache())
@@ -268,6 +271,10 @@ class MLRDataModule(LightningDataModule):
                 device=self._build_device(),
             )
         return self._caches["train_generated"]
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Project text batches read before CLIP's text projection, on the training device."""
+        return finish_text_batch(batch, getattr(self._method(), "backbone", None))
 
     def prepare_data(self) -> None:
         """Rank 0 (per node) builds the feature caches the coming stage needs; others wait."""

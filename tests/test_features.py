@@ -12,7 +12,7 @@ import torch
 
 from mlr_bench.clip import CLIPBackbone
 from mlr_bench.datamodules.world import World
-from mlr_bench.features import FeatureStore, text_features
+from mlr_bench.features import FeatureStore, TextFeatureDataset, text_features
 from mlr_bench.features.store import ArraySpec
 from mlr_bench.method import FeatureMethod
 from mlr_bench.methods.zeroshot import ZeroShotCLIP
@@ -116,11 +116,13 @@ def test_text_features_match_the_encoder_and_key_on_content(tmp_path):
     store = FeatureStore(tmp_path)
     cache = text_features(store, backbone, corpus, dtype="float32")
     live = backbone.encode_text_tokens(backbone.tokenize(corpus.texts))
-    width = cache["tokens"].shape[1]
+    batch = TextFeatureDataset(cache).read_batch(range(len(corpus)))
+    width = batch["tokens"].shape[1]
     assert width == int(live.mask.sum(1).max())  # tokens kept up to the longest text
-    torch.testing.assert_close(torch.from_numpy(np.array(cache["eot"])), live.eot)
-    torch.testing.assert_close(torch.from_numpy(np.array(cache["tokens"])), live.tokens[:, :width])
-    np.testing.assert_array_equal(cache["length"], live.mask.sum(1).numpy())
+    torch.testing.assert_close(batch["eot"], live.eot)
+    mask = live.mask[:, :width]
+    torch.testing.assert_close(batch["tokens"], live.tokens[:, :width] * mask[..., None])
+    assert torch.equal(batch["mask"], mask)
     changed = TextCorpus(
         ["a red star.", "two blue moons and a key"], np.eye(2, 3, dtype=np.int8)[::-1]
     )
