@@ -36,7 +36,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from mlr_bench.datamodules.world import World
-from mlr_bench.features import FeatureCache, FeatureStore, text_features
+from mlr_bench.features import FeatureCache, FeatureStore, TextFeatureDataset, text_features
 from mlr_bench.losses import ranking_loss
 from mlr_bench.methods.taidpt import TaIDPT
 
@@ -81,16 +81,9 @@ def step_loss(model: TaIDPT, batch: Batch) -> Tensor:
 
 def cached_batches(cache: FeatureCache, batch_size: int) -> Iterator[Batch]:
     """Sequential batches read from a text feature cache, as ``TextFeatureDataset`` reads them."""
-    width = cache["tokens"].shape[1]
-    for start in range(0, len(cache), batch_size):
-        rows = slice(start, start + batch_size)
-        yield {
-            "eot": torch.from_numpy(np.array(cache["eot"][rows], dtype=np.float32)),
-            "tokens": torch.from_numpy(np.array(cache["tokens"][rows], dtype=np.float32)),
-            "mask": torch.arange(width)
-            < torch.from_numpy(cache["length"][rows].astype(np.int64))[:, None],
-            "target": torch.from_numpy(np.array(cache["target"][rows])),
-        }
+    dataset = TextFeatureDataset(cache)
+    for start in range(0, len(dataset), batch_size):
+        yield dataset.read_batch(range(start, min(start + batch_size, len(dataset))))
 
 
 def reencoded_batches(model: TaIDPT, texts: list[str], labels: np.ndarray, batch_size: int):
@@ -164,7 +157,7 @@ def training(args: argparse.Namespace, root: Path) -> dict[str, Any]:
 
     # Features themselves: cache (fp16 / fp32) against the encoder, first batch.
     ref = next(reencoded_batches(model, corpus.texts, corpus.labels, bs))
-    width = cache["tokens"].shape[1]
+    width = next(cached_batches(cache, bs))["tokens"].shape[1]  # the first batch's longest
     feature_diff = {}
     for name, c in (("float16", cache), ("float32", cache32)):
         got = next(cached_batches(c, bs))
