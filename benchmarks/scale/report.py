@@ -438,8 +438,13 @@ EXTRA_HEADER = (
 EXTRA_COLUMNS = 12
 
 
+def _cache_kind(name: str) -> str:
+    """``image-<hash>`` → image, ``corpora/coco_captions-<hash>.npz`` → corpus."""
+    return "corpus" if name.startswith("corpora/") else name.split("-")[0]
+
+
 def cell_line(r: dict[str, Any]) -> str:
-    caches = ", ".join(f"{n.split('-')[0]} {_gb_or_mb(b)}" for n, b in r["caches_built"].items())
+    caches = ", ".join(f"{_cache_kind(n)} {_gb_or_mb(b)}" for n, b in r["cache_dirs_new"].items())
     images = (
         f"{_fmt(r['images_encoded'])} ({_fmt(r['images_per_s'])})" if r["images_encoded"] else "–"
     )

@@ -200,12 +200,18 @@ def resolve_inputs(cell: Cell, done: dict[str, Cell], plan: Plan) -> str | None:
 
 # ---- running one cell ----------------------------------------------------------------------
 def cache_dirs(root: Path) -> dict[str, int]:
-    """Finished cache folders under the cache root and their disk usage (bytes)."""
+    """Caches under the cache root and their disk usage (bytes): feature-cache folders, and
+    the parsed corpora (``corpora/*.npz``) one by one."""
     if not root.is_dir():
         return {}
     sizes = {}
     for entry in root.iterdir():
-        if entry.is_dir() and not entry.name.startswith("."):
+        if entry.name.startswith("."):
+            continue
+        if entry.name == "corpora":
+            for item in entry.glob("*.npz"):
+                sizes[f"corpora/{item.name}"] = item.stat().st_blocks * 512
+        elif entry.is_dir():
             sizes[entry.name] = sum(
                 f.stat().st_blocks * 512 for f in entry.rglob("*") if f.is_file()
             )
