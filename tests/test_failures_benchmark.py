@@ -356,6 +356,11 @@ def test_wandb_offline_run_keeps_its_media_and_says_how_to_sync(
     staged = [p for p in (run_dir / "artifacts" / "staging").iterdir() if p.is_file()]
     assert staged and any(p.read_bytes().startswith(b"\x89PNG") for p in staged)
     (record,) = run_dir.glob("run-*.wandb")
-    assert str(run_dir / "artifacts" / "staging").encode() in record.read_bytes()
+    # wandb-core may still be flushing the record after finish() on a loaded machine: poll
+    staging = str(run_dir / "artifacts" / "staging").encode()
+    deadline = time.monotonic() + 60
+    while staging not in record.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert staging in record.read_bytes()
     assert f"upload it with: wandb sync {run_dir}" in capsys.readouterr().err
     assert "WANDB_DATA_DIR" not in os.environ  # restored for the next run
