@@ -67,6 +67,7 @@ def test_offsets_and_reads_for_texts_of_very_different_lengths(tmp_path, tiny_rn
         assert cache.key["storage"] == storage and "tokens" not in cache and "eot" not in cache
         assert np.asarray(cache["offset"]).tolist() == [0, 3, 78, 86, 89]
         assert cache["token_feats"].shape[0] == sum(lengths)
+        assert cache.info["token_rel_error_max"] < tol  # what the build measured and recorded
         dataset = TextFeatureDataset(cache)
         for i, n in enumerate(lengths):  # one text: padded to itself
             item = dataset[i]
@@ -81,11 +82,17 @@ def test_offsets_and_reads_for_texts_of_very_different_lengths(tmp_path, tiny_rn
         assert float(batch["tokens"][0, 3:].abs().max()) == 0.0, "padding is zero"
 
 
-def test_auto_storage_keeps_tokens_before_the_projection_only_where_it_is_narrower(tmp_path):
+def test_auto_storage_keeps_tokens_before_the_projection_only_where_it_is_narrower(
+    tmp_path, monkeypatch, caplog
+):
     world = CLIPBackbone("world", "bundled")  # text width 96 < embedding 128
     corpus = TextCorpus(["a red star.", "two blue moons"], np.eye(2, 3, dtype=np.int8))
     cache = text_features(FeatureStore(tmp_path), world, corpus)
     assert cache.key["storage"] == "pre_projection" and cache["token_feats"].shape[1] == 96
+    assert 0 < cache.info["token_rel_error_max"] < 1e-3  # fp16 rounding, read back projected
+    monkeypatch.setattr(text_module, "STORED_ERROR_WARN", 1e-9)  # a build past it says so
+    text_features(FeatureStore(tmp_path / "again"), world, corpus)
+    assert "stored tokens differ from the encoder's" in caplog.text
     tiny = CLIPBackbone("mlr-tiny-vit", None)  # text width 64 = embedding 64
     assert text_features(FeatureStore(tmp_path), tiny, corpus).key["storage"] == "projected"
     eot_only = text_features(FeatureStore(tmp_path), world, corpus, parts=frozenset({"eot"}))

@@ -25,6 +25,7 @@ projection runs on the training device after the batch is moved there (the datam
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,6 +37,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from mlr_bench.clip import CLIPBackbone
+from mlr_bench.clip.backbone import TextFeatures
 from mlr_bench.features.keys import backbone_key
 from mlr_bench.features.store import ArraySpec, FeatureCache, FeatureStore
 from mlr_bench.text.corpus import TextCorpus
@@ -47,8 +49,13 @@ TEXT_PARTS = frozenset({"eot", "tokens"})
 TEXT_LAYOUT = "ragged-1"
 #: Where cached tokens are taken (see the module docstring); ``auto`` picks per backbone.
 TEXT_STORAGES = ("auto", "pre_projection", "projected")
+#: A build whose stored tokens, read back, differ from the encoder's by more than this
+#: (relative L2, per token) warns: fp16 rounding gives about 3e-4.
+STORED_ERROR_WARN = 2e-3
 #: Batch key of tokens still to be projected (``[B, L, W]``, fp16): a deferred batch.
 HIDDEN = "text_hidden"
+
+log = logging.getLogger(__name__)
 
 
 def corpus_hash(corpus: TextCorpus) -> str:
@@ -128,9 +135,9 @@ def text_cache_specs(
     return out
 
 
-def _encode(backbone: CLIPBackbone, ids: Tensor, storage: str) -> tuple[Tensor, Tensor]:
-    """(EOT ``[B, D]``, per-token features ``[B, L, S]``) of a batch; for ``pre_projection``
-    the tokens are ``ln_final``'s output, caught by a hook so the backbone's own path runs."""
+def _encode(backbone: CLIPBackbone, ids: Tensor, storage: str) -> tuple[TextFeatures, Tensor]:
+    """The encoder's features of a batch and the per-token rows to store ``[B, L, S]``: for
+    ``pre_projection``, ``ln_final``'s output, caught by a hook so the backbone's own path runs."""
     caught: list[Tensor] = []
     hook = None
     if storage == "pre_projection":
@@ -140,7 +147,15 @@ def _encode(backbone: CLIPBackbone, ids: Tensor, storage: str) -> tuple[Tensor, 
     finally:
         if hook is not None:
             hook.remove()
-    return feats.eot, caught[-1] if caught else feats.tokens
+    return feats, caught[-1] if caught else feats.tokens
+
+
+def stored_error(stored: Tensor, live: Tensor, projection: tuple | None) -> float:
+    """Largest relative L2 error of stored token rows, read back as a batch reads them, against
+    the encoder's joint-space tokens ``live``: what the storage's rounding costs."""
+    got = project_tokens(stored, *projection) if projection is not None else stored.float()
+    live = live.float()
+    return float(((got - live).norm(dim=-1) / live.norm(dim=-1).clamp_min(1e-12)).max())
 
 
 @torch.no_grad()
@@ -182,7 +197,8 @@ def text_features(
         lengths = token_lengths(tokenized[0]).numpy()
         return text_cache_specs(lengths, corpus.labels.shape[1], backbone, parts, storage, dtype)
 
-    def fill(arrays: dict[str, np.ndarray]) -> None:
+    def fill(arrays: dict[str, np.ndarray]) -> dict[str, float] | None:
+        """Writes the arrays; records the largest error of the stored tokens (``info``)."""
         token_ids = tokenized[0]
         arrays["target"][:] = corpus.labels
         offset = ragged_offsets(token_lengths(token_ids).numpy())
@@ -193,21 +209,35 @@ def text_features(
             arrays["projection"][:] = weight.float().cpu().numpy()
             if bias is not None:
                 arrays["projection_bias"][:] = bias.float().cpu().numpy()
-        previous = backbone.device
+        previous, worst = backbone.device, 0.0
         backbone.to(device)
+        projection = text_projection(backbone) if storage == "pre_projection" else None
         try:
             starts = range(0, len(corpus), batch_size)
             for start in tqdm(starts, desc="text features", unit="batch", mininterval=2):
                 ids = token_ids[start : start + batch_size].to(device)
-                eot, tokens = _encode(backbone, ids, storage)
+                feats, tokens = _encode(backbone, ids, storage)
                 if "eot" in arrays:
-                    arrays["eot"][start : start + len(ids)] = eot.cpu().numpy()
+                    arrays["eot"][start : start + len(ids)] = feats.eot.cpu().numpy()
                 if "token_feats" in arrays:
-                    rows = slice(offset[start], offset[start + len(ids)])
                     valid = ids[:, : tokens.shape[1]] != 0  # SOS .. EOT
-                    arrays["token_feats"][rows] = tokens[valid].float().cpu().numpy()
+                    stored = tokens[valid].to(getattr(torch, dtype))
+                    rows = slice(offset[start], offset[start + len(ids)])
+                    arrays["token_feats"][rows] = stored.cpu().numpy()
+                    live = feats.tokens[valid]
+                    worst = max(worst, stored_error(stored, live, projection))
         finally:
             backbone.to(previous)
+        if worst > STORED_ERROR_WARN:
+            log.warning(
+                "text cache (%s, %s): stored tokens differ from the encoder's by up to %.1e "
+                "(relative; fp16 rounding alone gives about 3e-4): storage='projected' or "
+                "dtype='float32' keeps them closer",
+                storage,
+                dtype,
+                worst,
+            )
+        return {"token_rel_error_max": worst} if "token_feats" in arrays else None
 
     return store.get_or_build(key, specs, fill, check=_check_layout)
 
