@@ -28,8 +28,11 @@ install:
 demo: install
 	$(VENV)/bin/mlr-bench benchmark --methods all --data world --seeds 1 --out runs/demo
 
+# Tests run in TEST_WORKERS processes (pytest-xdist; most tests use one core, so 2 workers
+# keep a 2-core machine busy). TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

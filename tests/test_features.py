@@ -104,7 +104,7 @@ def test_concurrent_processes_build_once(tmp_path):
     for p in procs:
         p.start()
     for p in procs:
-        p.join(timeout=120)
+        p.join(timeout=300)
         assert p.exitcode == 0
     assert marker.read_text().count("built") == 1
     assert FeatureStore(tmp_path / "c").open({"kind": "race", "code_version": 1})["x"][0, 0] == 7
