@@ -25,6 +25,7 @@ See docs/scale.md for a full run and how to read it.
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import time
@@ -90,6 +91,7 @@ def build_parser() -> OneLineParser:
     p.add_argument("--budget-min", type=float, default=40.0, help="start no cell after this")
     p.add_argument("--cell-timeout-min", type=float, default=60.0, help="kill a cell after this")
     p.add_argument("--workers", type=int, default=2, help="processes writing JPEGs")
+    p.add_argument("--rerun", action="store_true", help="rerun cells an earlier run finished")
     return p
 
 
@@ -177,20 +179,33 @@ def plan_cells(args: argparse.Namespace, plan: Plan) -> list[Cell]:
 
 
 def run_phase(
-    args: argparse.Namespace, plan: Plan, report: dict[str, Any], started: float, sizes: Sizes
+    args: argparse.Namespace,
+    plan: Plan,
+    report: dict[str, Any],
+    started: float,
+    sizes: Sizes,
+    previous: dict[str, Any],
 ) -> bool:
-    """Run every cell in the budget; the report is rewritten after each. True if none failed."""
+    """Run every cell in the budget; the report is rewritten after each. True if none failed.
+    Cells an earlier run finished with the same settings are kept, not rerun (``--rerun``)."""
     from scale import report as rep
     from scale.runs import resolve_inputs, run_cell
 
     cells = plan_cells(args, plan)
+    reusable = {} if args.rerun else finished_rows(previous)
     done: dict[str, Cell] = {}
+    rows: dict[str, dict[str, Any]] = {}
     ok = True
     for number, cell in enumerate(cells, 1):
         elapsed = (time.perf_counter() - started) / 60
         reason = resolve_inputs(cell, done, plan)
         if reason is None and elapsed > args.budget_min:
             reason = f"skipped: time budget ({args.budget_min:g} min) spent"
+        if cell.id in reusable:  # finished by an earlier run with the same settings
+            cell.result = {"status": "ok"}
+            done[cell.id], rows[cell.id] = cell, reusable[cell.id]
+            print(f"[{number}/{len(cells)}] {cell.id}: done earlier, kept", flush=True)
+            continue
         if reason is not None:
             cell.result = {"status": reason}
         else:
@@ -200,12 +215,32 @@ def run_phase(
                 out = Path(cell.command[cell.command.index("--out") + 1])
                 cell.result["generated_images"] = sum(1 for _ in out.glob("world-*/images/*"))
             ok = ok and cell.result["status"] == "ok"
-        done[cell.id] = cell
-        rows = [rep.cell_row(c) for c in done.values()]
-        print(f"  {cell.result['status']}: {_brief(rows[-1])}", flush=True)
-        _fill_report(report, rows, args, sizes, started)
+        done[cell.id], rows[cell.id] = cell, rep.cell_row(cell)
+        print(f"  {cell.result['status']}: {_brief(rows[cell.id])}", flush=True)
+        _fill_report(report, list(rows.values()), args, sizes, started)
         rep.save(args.out, report)
     return ok
+
+
+#: Settings under which an earlier run's finished cells are kept (same data, same cells).
+SAME_RUN = ("fraction", "seed", "world_image_size", "probe_images", "probe_texts", "probe_dataset")
+
+
+def previous_report(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str, Any]:
+    """The report an earlier run left in ``--out`` when it ran with the same settings."""
+    path = args.out / "scale.json"
+    if not path.is_file():
+        return {}
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    same = all(old.get("settings", {}).get(k) == settings[k] for k in SAME_RUN)
+    return old if same else {}
+
+
+def finished_rows(previous: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {r["id"]: r for r in previous.get("cells", []) if r.get("status") == "ok"}
 
 
 def _brief(row: dict[str, Any]) -> str:
@@ -263,15 +298,20 @@ def main(argv: list[str] | None = None) -> int:
         },
         "machine": rep.machine(),
     }
+    previous = previous_report(args, report["settings"])
+    report["commands"] = [*previous.get("commands", []), report["settings"]["command"]]
     if not args.skip_write:
         report["written"] = write_phase(args, sizes)
         report["data_bytes"] = folder_bytes(args.out / "data")
+    else:
+        report["written"] = previous.get("written", {})
+        report["data_bytes"] = previous.get("data_bytes")
     report["loading"] = rep.loading_costs()
-    _fill_report(report, [], args, sizes, started)
+    _fill_report(report, previous.get("cells", []), args, sizes, started)  # kept until rerun
     rep.save(args.out, report)
     ok = True
     if not args.skip_run:
-        ok = run_phase(args, plan, report, started, sizes)
+        ok = run_phase(args, plan, report, started, sizes, previous)
     report["total_wall_s"] = time.perf_counter() - started
     rep.save(args.out, report)
     print(rep.markdown(report))

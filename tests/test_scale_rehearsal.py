@@ -99,6 +99,13 @@ def test_tiny_rehearsal_writes_official_data_and_runs_a_cell(tmp_path: Path) -> 
     assert row["images"] == Sizes().voc_test + 500  # extrapolations are for the full sizes
     assert "| zeroshot/voc2007/train/full | world@64px | ok |" in (out / "scale.md").read_text()
 
+    kept = run_script(
+        "--out", str(out), "--fraction", str(FRACTION), "--skip-write", "--no-probe",
+        "--methods", "zeroshot", "--datasets", "voc2007",
+    )  # fmt: skip
+    assert kept.returncode == 0 and "done earlier, kept" in kept.stdout, kept.stderr[-2000:]
+    assert json.loads((out / "scale.json").read_text())["cells"] == [cell]
+
 
 @pytest.mark.parametrize(
     "args",

@@ -380,13 +380,21 @@ def markdown(report: dict[str, Any]) -> str:
     """The report as markdown: settings, data, cells, unit costs, extrapolations."""
     lines = ["# Scale rehearsal", ""]
     s, m = report["settings"], report["machine"]
+    cells_s = sum(r.get("wall_s") or 0 for r in report.get("cells", []))
+    writing_s = sum(w.get("seconds") or 0 for w in report.get("written", {}).values())
+    commands = report.get("commands") or [s["command"]]
     lines += [
-        f"Command: `{s['command']}`",
+        "Commands (in order; a later one keeps the cells an earlier one finished):",
+        "",
+        *(f"    {command}" for command in commands),
+        "",
+        f"Time: writing the data {_fmt(writing_s / 60)} min, the cells {_fmt(cells_s / 60)} min "
+        f"(sum of their wall times), this invocation {_fmt(report.get('total_wall_s', 0) / 60)} "
+        "min.",
         "",
         f"Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gb']} GB RAM, GPU: {m['gpu']}; "
         f"OMP_NUM_THREADS={m['omp_num_threads']}, torch threads {m['torch_threads']}, "
-        f"torch {m['torch']}, git {m['git']}. Fraction {s['fraction']}, seed {s['seed']}; "
-        f"total wall time {_fmt(report.get('total_wall_s', 0) / 60)} min.",
+        f"torch {m['torch']}, git {m['git']}. Fraction {s['fraction']}, seed {s['seed']}.",
         "",
         "## Data written",
         "",
