@@ -1,20 +1,19 @@
 """benchmarks/gpu.py waits for a lent GPU; its --tiny run keeps it from rotting meanwhile.
 
 The tiny run goes through every row's code on CPU with tiny shapes; a row may only be skipped
-for its dtype (fp16 on CPU) or, for the 480 px PVP rows, fail until CLIP's positional
-embedding follows the input size.
+for its dtype (fp16 on CPU); none may fail (480 px works since CLIP's positional
+embedding follows the input size).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from bench_fixtures import run_benchmark_script
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu.py"
 IMAGE_ROWS = {
@@ -25,20 +24,12 @@ IMAGE_ROWS = {
 }
 PVP_ROWS = {f"pvp/{px}/{mode}" for px in ("224px", "480px") for mode in ("fp32", "bf16+cl")}
 EXPECTED = IMAGE_ROWS | PVP_ROWS | {"taidpt/cached", "taidpt/reencoded", "t2i/fp32", "t2i/fp16"}
-#: The only rows allowed to fail: 480 px through a 224 px CLIP (a shape error, for now).
-MAY_FAIL = {"pvp/480px/fp32", "pvp/480px/bf16+cl"}
+#: Rows allowed to fail: none, now that CLIP's positional embedding follows the input size.
+MAY_FAIL: set[str] = set()
 
 
-def run_script(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        cwd=SCRIPT.parent.parent,
-    )
+def run_script(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return run_benchmark_script(SCRIPT, *args, timeout=timeout)
 
 
 @pytest.mark.slow

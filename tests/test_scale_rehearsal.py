@@ -7,12 +7,12 @@ The full-size run takes tens of minutes (docs/scale.md); this keeps the script w
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from bench_fixtures import run_benchmark_script
 
 from mlr_bench.datamodules.coco2014 import COCO2014
 from mlr_bench.datamodules.nuswide import NUSWIDE
@@ -29,15 +29,7 @@ SIZES = Sizes().scaled(FRACTION)
 
 
 def run_script(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        cwd=REPO,
-    )
+    return run_benchmark_script(SCRIPT, *args, timeout=timeout)
 
 
 def mtimes(folder: Path) -> dict[str, int]:
