@@ -202,11 +202,9 @@ def run_phase(
         if reason is None and elapsed > args.budget_min:
             reason = f"skipped: time budget ({args.budget_min:g} min) spent"
         if cell.id in reusable:  # finished by an earlier run with the same settings
-            cell.result = {"status": "ok"}
-            done[cell.id], rows[cell.id] = cell, reusable[cell.id]
+            cell.result = earlier_result(reusable[cell.id], previous, cell, args.out)
             print(f"[{number}/{len(cells)}] {cell.id}: done earlier, kept", flush=True)
-            continue
-        if reason is not None:
+        elif reason is not None:
             cell.result = {"status": reason}
         else:
             print(f"[{number}/{len(cells)}] {cell.id} ({elapsed:.1f} min in) ...", flush=True)
@@ -215,8 +213,9 @@ def run_phase(
                 out = Path(cell.command[cell.command.index("--out") + 1])
                 cell.result["generated_images"] = sum(1 for _ in out.glob("world-*/images/*"))
             ok = ok and cell.result["status"] == "ok"
+            print(f"  {cell.result['status']}: {_brief(rep.cell_row(cell))}", flush=True)
         done[cell.id], rows[cell.id] = cell, rep.cell_row(cell)
-        print(f"  {cell.result['status']}: {_brief(rows[cell.id])}", flush=True)
+        report.setdefault("results", {})[cell.id] = cell.result
         _fill_report(report, list(rows.values()), args, sizes, started)
         rep.save(args.out, report)
     return ok
@@ -237,6 +236,27 @@ def previous_report(args: argparse.Namespace, settings: dict[str, Any]) -> dict[
         return {}
     same = all(old.get("settings", {}).get(k) == settings[k] for k in SAME_RUN)
     return old if same else {}
+
+
+def earlier_result(
+    row: dict[str, Any], previous: dict[str, Any], cell: Cell, out: Path
+) -> dict[str, Any]:
+    """A kept cell's measurements: as saved, or rebuilt from its row and its timer file (a
+    report from before results were saved), so that its row is recomputed by this code."""
+    saved = previous.get("results", {}).get(cell.id)
+    if saved is not None:
+        return saved
+    timer = out / "logs" / f"{cell.slug}.timer.json"
+    return {
+        "status": row["status"],
+        "wall_s": row.get("wall_s"),
+        "peak_rss_mb": row.get("peak_rss_mb"),
+        "new_caches": row.get("cache_dirs_new", {}),
+        "timing": json.loads(timer.read_text()) if timer.is_file() else {},
+        "generated_images": row.get("generated_images"),
+        "log": row.get("log"),
+        "command": cell.command,
+    }
 
 
 def finished_rows(previous: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -64,6 +64,7 @@ def cell_row(cell: Cell) -> dict[str, Any]:
     corpora = timing.get("corpora", [])
     n_img = sum(c["rows"] for c in images)
     n_txt = sum(c["rows"] for c in texts)
+    corpus = [c["rows"] for c in timing.get("caches", []) if c.get("kind") == "text"]
     return {
         "id": cell.id,
         "method": cell.method,
@@ -78,6 +79,7 @@ def cell_row(cell: Cell) -> dict[str, Any]:
         "image_seconds": sum(c["fill_seconds"] for c in images),
         "images_per_s": _rate(n_img, sum(c["fill_seconds"] for c in images)),
         "texts_encoded": n_txt,
+        "texts_in_corpus": max(corpus) if corpus else 0,  # built or opened: what it trains on
         "text_seconds": sum(c["fill_seconds"] for c in texts),
         "texts_per_s": _rate(n_txt, sum(c["fill_seconds"] for c in texts)),
         "corpus_read_s": sum(c["seconds"] for c in corpora) or None,
@@ -173,14 +175,17 @@ def stage_texts(
     rows: list[dict[str, Any]], method: str, dataset: str, stage: str, written: int, extra: int,
     fraction: float,
 ) -> tuple[int, str]:  # fmt: skip
-    """Texts a stage trains on: counted by its world run (kept corpus + templates; divided by
-    the fraction of a partial rehearsal), else the full written count + templates."""
+    """Texts a stage trains on: counted by its world run (kept corpus + ``extra`` template
+    texts; the corpus part divided by the fraction of a partial rehearsal), else the full
+    written count + templates."""
     for row in rows:
         same = (row["method"], row["dataset"], row["stage"]) == (method, dataset, stage)
-        if same and row["kind"] == "full" and row["texts_encoded"]:
+        counted = row.get("texts_in_corpus") or row["texts_encoded"]
+        if same and row["kind"] == "full" and counted:
             if fraction >= 1:
-                return row["texts_encoded"], "counted"
-            return int(row["texts_encoded"] / fraction), f"counted at {fraction:g}, scaled"
+                return counted, "counted"
+            scaled = int(max(counted - extra, 0) / fraction) + extra
+            return scaled, f"counted at {fraction:g}, scaled"
     return written + extra, "written"
 
 
@@ -459,6 +464,8 @@ def cell_line(r: dict[str, Any]) -> str:
     if r.get("generated_images"):
         images = f"{_fmt(r['generated_images'])} generated"
     texts = f"{_fmt(r['texts_encoded'])} ({_fmt(r['texts_per_s'])})" if r["texts_encoded"] else "–"
+    if not r["texts_encoded"] and r.get("texts_in_corpus"):
+        texts = f"{_fmt(r['texts_in_corpus'])} (cached)"
     steps = f"{_fmt(r['step_s'], 2)} ({r['steps']})" if r["steps"] else "–"
     return (
         f"| {r['id']} | {r['backbone']} | {r['status']} | {_fmt(r['wall_s'])} | {images} | "
