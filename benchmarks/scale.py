@@ -25,6 +25,7 @@ See docs/scale.md for a full run and how to read it.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import shlex
 import sys
@@ -91,7 +92,15 @@ def build_parser() -> OneLineParser:
     p.add_argument("--budget-min", type=float, default=40.0, help="start no cell after this")
     p.add_argument("--cell-timeout-min", type=float, default=60.0, help="kill a cell after this")
     p.add_argument("--workers", type=int, default=2, help="processes writing JPEGs")
-    p.add_argument("--rerun", action="store_true", help="rerun cells an earlier run finished")
+    p.add_argument(
+        "--rerun",
+        nargs="?",
+        const="*",
+        default=None,
+        metavar="CELLS",
+        help="rerun cells an earlier run finished: all, or those matching comma-separated "
+        "patterns of cell ids (e.g. 'zeroshot/coco2014/*,*/nuswide/*')",
+    )
     return p
 
 
@@ -192,7 +201,7 @@ def run_phase(
     from scale.runs import resolve_inputs, run_cell
 
     cells = plan_cells(args, plan)
-    reusable = {} if args.rerun else finished_rows(previous)
+    reusable = finished_rows(previous, args.rerun)
     done: dict[str, Cell] = {}
     rows: dict[str, dict[str, Any]] = {}
     ok = True
@@ -259,8 +268,14 @@ def earlier_result(
     }
 
 
-def finished_rows(previous: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {r["id"]: r for r in previous.get("cells", []) if r.get("status") == "ok"}
+def finished_rows(previous: dict[str, Any], rerun: str | None) -> dict[str, dict[str, Any]]:
+    """Rows an earlier run finished, less those ``--rerun`` names (fnmatch patterns)."""
+    patterns = [p.strip() for p in (rerun or "").split(",") if p.strip()]
+    return {
+        r["id"]: r
+        for r in previous.get("cells", [])
+        if r.get("status") == "ok" and not any(fnmatch.fnmatch(r["id"], p) for p in patterns)
+    }
 
 
 def _brief(row: dict[str, Any]) -> str:
@@ -296,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     from scale import report as rep
     from scale.runs import Plan
-    from scale.write import Sizes, folder_bytes
+    from scale.write import Sizes, folder_bytes, inventory
 
     started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -324,8 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         report["written"] = write_phase(args, sizes)
         report["data_bytes"] = folder_bytes(args.out / "data")
     else:
-        report["written"] = previous.get("written", {})
-        report["data_bytes"] = previous.get("data_bytes")
+        report["written"] = previous.get("written") or inventory(args.out / "data", args.datasets)
+        report["data_bytes"] = previous.get("data_bytes") or folder_bytes(args.out / "data")
     report["loading"] = rep.loading_costs()
     _fill_report(report, previous.get("cells", []), args, sizes, started)  # kept until rerun
     rep.save(args.out, report)

@@ -32,17 +32,31 @@ _FORMAT = (
 )
 
 
+#: Per-annotation geometry, unused here and most of the file: dropped while parsing, so that
+#: instances_train2014.json (~330 MB) peaks near 1 GB instead of 3 GB.
+GEOMETRY_KEYS = ("segmentation", "bbox", "area")
+
+
+def _without_geometry(obj: dict[str, Any]) -> dict[str, Any]:
+    for key in GEOMETRY_KEYS:
+        obj.pop(key, None)
+    return obj
+
+
 def load_json(path: Path, digest: Digest) -> dict[str, Any]:
     """The parsed instances file; errors give line, column and character offset (the file is
     one long line as COCO ships it), and say when the text just ends (a truncated file)."""
     data = digest.read(path, _FORMAT)
     try:
-        content = json.loads(data)
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise DatasetFormatError(
             f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at file offset "
             f"{exc.start:,}); expected {_FORMAT}"
         ) from None
+    del data  # the bytes and the objects are never held together (peak memory)
+    try:
+        content = json.loads(text, object_hook=_without_geometry)
     except json.JSONDecodeError as exc:
         ends = exc.pos >= len(exc.doc.rstrip()) or exc.msg.startswith("Unterminated string")
         raise DatasetFormatError(

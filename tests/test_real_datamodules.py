@@ -322,6 +322,24 @@ def test_coco_val_from_train2014_or_legacy_every_tenth_test_image(tmp_path):
     assert torch.equal(legacy.targets, coco_expected(23)[0::10])
 
 
+def test_coco_geometry_is_dropped_while_parsing_and_targets_are_unchanged(tmp_path):
+    """Segmentation polygons are most of an instances file (and of its parsed size in memory);
+    they are dropped as each annotation is parsed, which changes no target."""
+    from mlr_bench.datamodules._official import Digest
+    from mlr_bench.datamodules.coco2014 import load_json
+
+    root = write_coco(tmp_path, train=False)
+    path = root / "annotations" / "instances_val2014.json"
+    content = coco_instances(23, 1000)
+    for ann in content["annotations"]:
+        ann.update(segmentation=[[1.5] * 200], bbox=[0.0, 1.0, 2.0, 3.0], area=4.5, iscrowd=0)
+    path.write_text(json.dumps(content))
+    parsed = load_json(path, Digest())
+    kept = {"id", "image_id", "category_id", "iscrowd"}
+    assert all(set(a) == kept for a in parsed["annotations"])
+    assert torch.equal(COCO2014(str(root)).split("test").targets, coco_expected(23))
+
+
 def test_coco_without_train_side_has_no_val(tmp_path):
     data = COCO2014(str(write_coco(tmp_path, train=False)))
     with pytest.warns(UserWarning, match="instances_train2014.json is missing"):

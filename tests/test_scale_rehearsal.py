@@ -23,7 +23,20 @@ SCRIPT = REPO / "benchmarks" / "scale.py"
 FRACTION = 0.002
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from scale.write import Sizes, default_num_val  # noqa: E402
+from scale.write import Sizes, default_num_val, inventory  # noqa: E402
+
+
+def _script_module():
+    """benchmarks/scale.py itself (its name is taken by the ``scale`` package beside it)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("scale_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+finished_rows = _script_module().finished_rows
 
 SIZES = Sizes().scaled(FRACTION)
 
@@ -68,6 +81,10 @@ def test_tiny_rehearsal_writes_official_data_and_runs_a_cell(tmp_path: Path) -> 
     assert written.returncode == 0, written.stderr[-3000:]
     check_datamodules(out / "data")
     before = mtimes(out / "data")
+    counted = inventory(out / "data", ["voc2007", "coco2014"])  # what --skip-write reports
+    report = json.loads((out / "scale.json").read_text())
+    for name in ("data/voc2007", "data/coco2014"):
+        assert counted[name]["images"] == report["written"][name]["images"]
 
     again = run_script("--out", str(out), "--fraction", str(FRACTION), "--skip-run")
     assert again.returncode == 0, again.stderr[-3000:]
@@ -86,6 +103,8 @@ def test_tiny_rehearsal_writes_official_data_and_runs_a_cell(tmp_path: Path) -> 
     assert cell["id"] == "zeroshot/voc2007/train/full" and cell["status"] == "ok"
     assert cell["images_encoded"] == SIZES.voc_test + min(500, SIZES.voc_trainval)
     assert cell["peak_rss_mb"] > 0 and cell["wall_s"] > 0 and cell["caches_built"]
+    assert 0 < cell["model_rss_mb"] <= cell["peak_rss_mb"], "the model's memory is measured"
+    assert cell["peak_above_model_mb"] == cell["peak_rss_mb"] - cell["model_rss_mb"]
     (row,) = report["extrapolation"]
     assert (row["method"], row["dataset"], row["stage"]) == ("zeroshot", "voc2007", "train")
     assert row["images"] == Sizes().voc_test + 500  # extrapolations are for the full sizes
@@ -97,6 +116,23 @@ def test_tiny_rehearsal_writes_official_data_and_runs_a_cell(tmp_path: Path) -> 
     )  # fmt: skip
     assert kept.returncode == 0 and "done earlier, kept" in kept.stdout, kept.stderr[-2000:]
     assert json.loads((out / "scale.json").read_text())["cells"] == [cell]
+
+
+def test_rerun_patterns_name_the_cells_to_run_again() -> None:
+    previous = {
+        "cells": [
+            {"id": "zeroshot/coco2014/train/full", "status": "ok"},
+            {"id": "zeroshot/nuswide/train/full", "status": "ok"},
+            {"id": "comc/nuswide/train/full", "status": "ok"},
+            {"id": "comc/voc2007/train/full", "status": "failed (exit 1)"},
+        ]
+    }
+    assert set(finished_rows(previous, None)) == {
+        "zeroshot/coco2014/train/full", "zeroshot/nuswide/train/full", "comc/nuswide/train/full"
+    }  # fmt: skip
+    assert set(finished_rows(previous, "*/nuswide/*")) == {"zeroshot/coco2014/train/full"}
+    assert set(finished_rows(previous, "zeroshot/*, comc/nuswide/train/full")) == set()
+    assert finished_rows(previous, "*") == {}
 
 
 @pytest.mark.parametrize(

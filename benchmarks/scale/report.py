@@ -75,6 +75,8 @@ def cell_row(cell: Cell) -> dict[str, Any]:
         "status": result.get("status", "not run"),
         "wall_s": result.get("wall_s"),
         "peak_rss_mb": result.get("peak_rss_mb"),
+        "model_rss_mb": timing.get("model_rss_mb"),
+        "peak_above_model_mb": _above(result.get("peak_rss_mb"), timing.get("model_rss_mb")),
         "images_encoded": n_img,
         "image_seconds": sum(c["fill_seconds"] for c in images),
         "images_per_s": _rate(n_img, sum(c["fill_seconds"] for c in images)),
@@ -94,6 +96,10 @@ def cell_row(cell: Cell) -> dict[str, Any]:
         "generated_images": result.get("generated_images"),
         "log": result.get("log"),
     }
+
+
+def _above(peak: float | None, base: float | None) -> float | None:
+    return None if peak is None or base is None else peak - base
 
 
 def cell_backbone(cell: Cell) -> str:
@@ -412,6 +418,8 @@ def markdown(report: dict[str, Any]) -> str:
             f"{_fmt(w.get('seconds'))} | {_fmt(w.get('images_written'))} images, "
             f"{_fmt(w.get('files_written'))} text files |"
         )
+    if any(w.get("counted_on_disk") for w in report.get("written", {}).values()):
+        lines += ["", "Written by an earlier invocation whose report was lost: counted on disk."]
     if report.get("data_bytes"):
         lines += ["", f"Data folder on disk: {_gb_or_mb(report['data_bytes'])}."]
     lines += ["", "## Cells", "", CELL_HEADER, "|" + "---|" * CELL_COLUMNS]
@@ -441,7 +449,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 CELL_HEADER = (
     "| cell | backbone | status | wall s | images (img/s) | texts (texts/s) | s/step (steps) "
-    "| val s | test s | corpus read s | peak RSS MB | caches built |"
+    "| val s | test s | corpus read s | peak RSS MB (above model) | caches built |"
 )
 CELL_COLUMNS = 12
 EXTRA_HEADER = (
@@ -470,8 +478,13 @@ def cell_line(r: dict[str, Any]) -> str:
     return (
         f"| {r['id']} | {r['backbone']} | {r['status']} | {_fmt(r['wall_s'])} | {images} | "
         f"{texts} | {steps} | {_fmt(r['val_pass_s'])} | {_fmt(r['test_pass_s'])} | "
-        f"{_fmt(r['corpus_read_s'])} | {_fmt(r['peak_rss_mb'], 0)} | {caches or '–'} |"
+        f"{_fmt(r['corpus_read_s'])} | {_peak(r)} | {caches or '–'} |"
     )
+
+
+def _peak(r: dict[str, Any]) -> str:
+    above = r.get("peak_above_model_mb")
+    return _fmt(r["peak_rss_mb"], 0) + ("" if above is None else f" ({_fmt(above, 0)})")
 
 
 def extrapolation_line(e: dict[str, Any]) -> str:

@@ -43,6 +43,15 @@ def _save() -> None:
     os.replace(tmp, path)
 
 
+def _rss_mb() -> float | None:
+    """Resident memory now (Linux ``/proc``; None elsewhere)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def _folder_bytes(path: Path) -> int:
     return sum(f.stat().st_blocks * 512 for f in path.iterdir() if f.is_file())
 
@@ -125,6 +134,9 @@ class PhaseTimer(Callback):
     def __init__(self) -> None:
         t0 = float(os.environ.get(ENV_T0, "0") or 0)
         _RECORD["started_to_callback_s"] = time.time() - t0 if t0 else None
+        # LightningCLI builds the model before the Trainer's callbacks: this is the process's
+        # own memory (imports + model) before any data, the base of "peak above model".
+        _RECORD["model_rss_mb"] = _rss_mb()
         _wrap_feature_store()
         _wrap_corpus_loader()
         atexit.register(_save)

@@ -529,3 +529,27 @@ def folder_bytes(path: Path) -> int:
             with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
     return total
+
+
+def inventory(root: Path, datasets: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """What an earlier, unreported write left on disk (for ``--skip-write`` without its report):
+    image count and bytes per dataset and the text files the manifest lists; no timings."""
+    listed = {}
+    with contextlib.suppress(OSError, ValueError):
+        listed = json.loads((root / "manifest.json").read_text()).get("files", {})
+    found: dict[str, dict[str, Any]] = {}
+    for dataset in datasets:
+        images = image_bytes = 0
+        for dirpath, _, files in os.walk(dataset_root(root, dataset)):
+            for name in files:
+                if name.lower().endswith(".jpg"):
+                    images += 1
+                    with contextlib.suppress(OSError):
+                        image_bytes += os.lstat(os.path.join(dirpath, name)).st_size
+        texts = {str(p.relative_to(root)) for p in corpus_files(root, dataset).values()}
+        files = sum(1 for name in listed if name in texts or name.startswith(f"{dataset}/"))
+        found[f"{root.name}/{dataset}"] = {
+            "images": images, "image_bytes": image_bytes, "images_written": images,
+            "files_written": files, "seconds": None, "counted_on_disk": True,
+        }  # fmt: skip
+    return found
