@@ -105,6 +105,8 @@ def test_tiny_rehearsal_writes_official_data_and_runs_a_cell(tmp_path: Path) -> 
     assert cell["peak_rss_mb"] > 0 and cell["wall_s"] > 0 and cell["caches_built"]
     assert 0 < cell["model_rss_mb"] <= cell["peak_rss_mb"], "the model's memory is measured"
     assert cell["peak_above_model_mb"] == cell["peak_rss_mb"] - cell["model_rss_mb"]
+    assert cell["anon_above_model_mb"] is not None and cell["max_file_backed_mb"] > 0
+    assert "## Memory (MB)" in (out / "scale.md").read_text()
     (row,) = report["extrapolation"]
     assert (row["method"], row["dataset"], row["stage"]) == ("zeroshot", "voc2007", "train")
     assert row["images"] == Sizes().voc_test + 500  # extrapolations are for the full sizes

@@ -77,6 +77,9 @@ def cell_row(cell: Cell) -> dict[str, Any]:
         "peak_rss_mb": result.get("peak_rss_mb"),
         "model_rss_mb": timing.get("model_rss_mb"),
         "peak_above_model_mb": _above(result.get("peak_rss_mb"), timing.get("model_rss_mb")),
+        # sampled after every batch: heap/tensors vs memory-mapped files (droppable page cache)
+        "anon_above_model_mb": _above(timing.get("max_rssanon_mb"), timing.get("model_rssanon_mb")),
+        "max_file_backed_mb": timing.get("max_rssfile_mb"),
         "images_encoded": n_img,
         "image_seconds": sum(c["fill_seconds"] for c in images),
         "images_per_s": _rate(n_img, sum(c["fill_seconds"] for c in images)),
@@ -424,6 +427,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", f"Data folder on disk: {_gb_or_mb(report['data_bytes'])}."]
     lines += ["", "## Cells", "", CELL_HEADER, "|" + "---|" * CELL_COLUMNS]
     lines += [cell_line(r) for r in report.get("cells", [])]
+    lines += memory_lines(report.get("cells", []))
     lines += ["", "## RN50 unit costs (probe subset, random weights)", ""]
     costs = report.get("rn50_costs", {})
     for size, value in costs.get("per_image_s", {}).items():
@@ -480,6 +484,29 @@ def cell_line(r: dict[str, Any]) -> str:
         f"{texts} | {steps} | {_fmt(r['val_pass_s'])} | {_fmt(r['test_pass_s'])} | "
         f"{_fmt(r['corpus_read_s'])} | {_peak(r)} | {caches or '–'} |"
     )
+
+
+def memory_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Peak memory against the process's own (imports + model, before any data): the true peak
+    (``ru_maxrss``, with memory-mapped cache pages) and, sampled after every batch, the heap
+    above the model's and the file-backed pages (page cache the kernel can drop)."""
+    measured = [r for r in rows if r.get("model_rss_mb") is not None]
+    if not measured:
+        return []
+    lines = [
+        "",
+        "## Memory (MB)",
+        "",
+        "| cell | model | peak | peak above model | heap above model | file-backed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in measured:
+        lines.append(
+            f"| {r['id']} | {_fmt(r['model_rss_mb'], 0)} | {_fmt(r['peak_rss_mb'], 0)} | "
+            f"{_fmt(r['peak_above_model_mb'], 0)} | {_fmt(r.get('anon_above_model_mb'), 0)} | "
+            f"{_fmt(r.get('max_file_backed_mb'), 0)} |"
+        )
+    return lines
 
 
 def _peak(r: dict[str, Any]) -> str:

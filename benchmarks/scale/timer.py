@@ -43,6 +43,21 @@ def _save() -> None:
     os.replace(tmp, path)
 
 
+def _sample_memory() -> None:
+    """Keep the largest anonymous (heap, tensors) and file-backed (memory-mapped caches, code)
+    resident sizes seen: the second is page cache the kernel can drop, the first cannot be."""
+    try:
+        status = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return
+    for line in status:
+        key = line.split(":", 1)[0]
+        if key in ("RssAnon", "RssFile"):
+            mb = int(line.split()[1]) / 1024
+            name = f"max_{key.lower()}_mb"
+            _RECORD[name] = max(_RECORD.get(name, 0.0), mb)
+
+
 def _rss_mb() -> float | None:
     """Resident memory now (Linux ``/proc``; None elsewhere)."""
     try:
@@ -137,6 +152,8 @@ class PhaseTimer(Callback):
         # LightningCLI builds the model before the Trainer's callbacks: this is the process's
         # own memory (imports + model) before any data, the base of "peak above model".
         _RECORD["model_rss_mb"] = _rss_mb()
+        _sample_memory()
+        _RECORD["model_rssanon_mb"] = _RECORD.get("max_rssanon_mb")
         _wrap_feature_store()
         _wrap_corpus_loader()
         atexit.register(_save)
@@ -151,6 +168,13 @@ class PhaseTimer(Callback):
 
     def on_train_batch_end(self, trainer: Trainer, *args: Any) -> None:
         _RECORD["steps"].append(time.perf_counter() - self._step)
+        _sample_memory()
+
+    def on_validation_batch_end(self, trainer: Trainer, *args: Any) -> None:
+        _sample_memory()
+
+    def on_test_batch_end(self, trainer: Trainer, *args: Any) -> None:
+        _sample_memory()
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._val = time.perf_counter()
