@@ -62,29 +62,22 @@ def test_ddp_console_script_matches_single_process(tmp_path: Path) -> None:
     assert MLR_BENCH.is_file(), f"console script missing: {MLR_BENCH} (pip install -e .)"
     cache = tmp_path / "cache"  # shared like a cluster's cache dir; built by rank 0 only
 
-    # 1 process: fit one epoch, test the last checkpoint
-    single = tmp_path / "single"
-    fit = ["--trainer.max_epochs", "1", "--test_ckpt", "last"]
-    _mlr_bench(["train", *TINY_WORLD, "--trainer.devices", "1", *fit], single, cache, tmp_path)
-    (ckpt,) = single.rglob("last.ckpt")
-    one = _results(single)
+    # 2 processes fit + test the last checkpoint end to end, with W&B: one run (rank 0)
+    train_root = tmp_path / "ddp-train"
+    fit = ["--trainer.max_epochs", "1", "--test_ckpt", "last", "--logger", "wandb"]
+    _mlr_bench(["train", *TINY_WORLD, *DDP2, *fit], train_root, cache, tmp_path)
+    two = _results(train_root)
+    assert 0 < two["metrics"]["mAP"] <= 100
+    runs = [p for p in train_root.rglob("offline-run-*") if p.is_dir()]
+    assert len(runs) == 1, runs
+    (ckpt,) = train_root.rglob("last.ckpt")
 
-    # 2 processes, same checkpoint: identical metrics
-    two_root = tmp_path / "ddp-test"
-    _mlr_bench(["test", *TINY_WORLD, *DDP2, "--ckpt_path", str(ckpt)], two_root, cache, tmp_path)
-    two = _results(two_root)
+    # 1 process, same checkpoint: identical metrics, bit for bit
+    single = tmp_path / "single"
+    one_process = ["--trainer.devices", "1", "--ckpt_path", str(ckpt)]
+    _mlr_bench(["test", *TINY_WORLD, *one_process], single, cache, tmp_path)
+    one = _results(single)
     assert (one["world_size"], two["world_size"]) == (1, 2)
     assert two["num_samples"] == one["num_samples"] == 61
     assert two["metrics"] == one["metrics"]
     assert two["per_class_ap"] == one["per_class_ap"]
-
-    # 2 processes fit + test end to end, with W&B: one run (rank 0), results written
-    train_root = tmp_path / "ddp-train"
-    args = ["train", *TINY_WORLD, *DDP2, *fit, "--logger", "wandb"]
-    _mlr_bench(args, train_root, cache, tmp_path)
-    trained = _results(train_root)
-    assert trained["world_size"] == 2 and trained["num_samples"] == 61
-    assert 0 < trained["metrics"]["mAP"] <= 100
-    runs = [p for p in train_root.rglob("offline-run-*") if p.is_dir()]
-    assert len(runs) == 1, runs
-    assert len(list(train_root.rglob("last.ckpt"))) == 1
