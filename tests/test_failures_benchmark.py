@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -364,3 +365,31 @@ def test_wandb_offline_run_keeps_its_media_and_says_how_to_sync(
     assert staging in record.read_bytes()
     assert f"upload it with: wandb sync {run_dir}" in capsys.readouterr().err
     assert "WANDB_DATA_DIR" not in os.environ  # restored for the next run
+
+
+def test_ctrl_c_delivered_to_another_thread_still_stops_the_cell_wait(tmp_path: Path) -> None:
+    """A process-directed signal may land on any thread (tqdm's monitor, ...): the benchmark's
+    main thread, waiting for its cell, must still run the handler and stop within a poll."""
+    script = textwrap.dedent(
+        """
+        import signal, sys, threading, time
+        from mlr_bench.benchmark.process import run_cell_process
+
+        def poke():
+            time.sleep(1.0)
+            signal.pthread_kill(threading.get_ident(), signal.SIGINT)  # this helper thread
+
+        threading.Thread(target=poke, daemon=True).start()
+        start = time.monotonic()
+        try:
+            run_cell_process([sys.executable, "-c", "import time; time.sleep(120)"], sys.stdout)
+        except KeyboardInterrupt:
+            print(f"interrupted after {time.monotonic() - start:.1f} s")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=90, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    seconds = float(done.stdout.split("interrupted after ")[1].split()[0])
+    assert seconds < 10, done.stdout

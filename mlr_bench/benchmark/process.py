@@ -74,15 +74,27 @@ def _killpg(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
-def _wait_unreaped(proc: subprocess.Popen) -> None:
+def _wait_unreaped(proc: subprocess.Popen, poll_s: float = 0.1) -> None:
     """Wait for the child's exit without reaping it: while it is a zombie its pid, the group's
-    id, cannot be reused, so killing the group afterwards can only hit the cell's processes."""
-    if hasattr(os, "waitid"):
-        with contextlib.suppress(ChildProcessError):
-            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
-    else:  # pragma: no cover - POSIX without waitid
+    id, cannot be reused, so killing the group afterwards can only hit the cell's processes.
+
+    Polls (``WNOHANG``) instead of blocking in ``waitid``: a signal sent to the process (Ctrl-C,
+    SIGTERM) may be delivered to any of its threads (tqdm's monitor, ...), and then a blocking
+    ``waitid`` in the main thread is never interrupted, so the handler would not run until the
+    cell ended by itself. Between polls the main thread runs Python code, which runs handlers.
+    """
+    if not hasattr(os, "waitid"):  # pragma: no cover - POSIX without waitid
         while proc.poll() is None:
-            time.sleep(0.2)
+            time.sleep(poll_s)
+        return
+    options = os.WEXITED | os.WNOWAIT | os.WNOHANG
+    while True:
+        try:
+            if os.waitid(os.P_PID, proc.pid, options) is not None:
+                return
+        except ChildProcessError:
+            return
+        time.sleep(poll_s)
 
 
 def run_cell_process(
