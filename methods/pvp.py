@@ -43,7 +43,7 @@ from mlr_bench.features.text import corpus_hash
 from mlr_bench.losses import ranking_loss
 from mlr_bench.method import EvalConstantsMixin, FeatureMethod
 from mlr_bench.runs import run_dir
-from mlr_bench.schedules import warmup_cosine
+from mlr_bench.schedules import SCHEDULE_VERSION, warmup_cosine
 from mlr_bench.stages import PriorStage, trainer_limits
 from mlr_bench.text.corpus import SENTENCES, TextRequest
 
@@ -303,6 +303,7 @@ class PVP(EvalConstantsMixin, FeatureMethod):
         return {
             "kind": "pvp-prompts",
             "version": ARTIFACT_VERSION,
+            "schedule": SCHEDULE_VERSION,
             "backbone": backbone_key(self.backbone),
             "classes": self.class_names,
             "corpus": corpus_hash(corpus),
