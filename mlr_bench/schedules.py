@@ -9,7 +9,6 @@ from typing import Any
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-
 #: Changes whenever the per-epoch lrs change, so that artifacts trained under a schedule (PVP's
 #: cached stage-1 prompts) are keyed by it. 2: the cosine starts after the warm-up (Dassl).
 SCHEDULE_VERSION = 2

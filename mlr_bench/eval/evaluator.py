@@ -65,7 +65,8 @@ class Evaluator(Callback):
                 Raw CLIP scores are uncalibrated, so set it per method/backbone.
             top_k: k of the top-k thresholded variants (3 in the field's papers).
             difficult: target 0 (VOC "difficult") counts as "negative" (TaI-DPT/PVP/CoMC
-                protocol) or is "ignore"d (ML-GCN protocol).
+                protocol) or is "ignore"d by AP (ML-GCN protocol, whose thresholded metrics
+                still count it as a negative).
             write_results: write ``results_<stage>.json`` at the end of test/validate.
         """
         self.threshold = threshold
