@@ -210,7 +210,7 @@ class PVP(EvalConstantsMixin, FeatureMethod):
         pretrain_template_copies: int = 400,
         text_source: str = SENTENCES,
         template_copies: int = 200,
-        encode_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto",
+        encode_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32",
         channels_last: bool = True,
     ) -> None:
         """
@@ -252,8 +252,9 @@ class PVP(EvalConstantsMixin, FeatureMethod):
                 labels parsed from the sentence) and K of the template augmentation (400).
             text_source, template_copies: stage-2 text ("sentences", or "captions" for the
                 paper's clean-text setting) and K (200).
-            encode_dtype: autocast dtype of the pixel-prompt encoding; "auto" = bf16 (fp16
-                without bf16 support) on CUDA, fp32 elsewhere.
+            encode_dtype: autocast dtype of the pixel-prompt encoding on CUDA: "float32" (the
+                reference's precision, default), "bfloat16"/"float16", or "auto" = bf16 (fp16
+                without bf16 support). Always fp32 on other devices.
             channels_last: run the ResNet image encoder in channels-last layout on CUDA.
         """
         super().__init__(class_names)

@@ -3,6 +3,7 @@ the CLI with a cached stage-1 artifact, and the method passes the conformance ch
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -100,6 +101,16 @@ def test_reference_quirks_are_parameters():
         no_global_token = model.score(batch)
     assert not torch.allclose(swapped, unswapped)
     assert not torch.allclose(unswapped, no_global_token)
+
+
+def test_pixel_prompts_are_encoded_in_fp32_by_default_as_in_the_reference():
+    import yaml
+
+    from mlr_bench.methods.pvp import PVP
+
+    assert inspect.signature(PVP).parameters["encode_dtype"].default == "float32"
+    recipe = yaml.safe_load((Path(__file__).parent.parent / "configs/method/pvp.yaml").read_text())
+    assert recipe["init_args"]["encode_dtype"] == "float32"
 
 
 def test_adapter_mixes_the_feature_residually():
