@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -66,6 +66,11 @@ class Split:
         """The rows ``indices`` in that order (the digest is kept: same source files)."""
         index = torch.as_tensor(list(indices), dtype=torch.long)
         return Split([self.paths[i] for i in indices], self.targets[index].clone(), self.digest)
+
+
+@rank_zero_only
+def rank_zero_print(message: str) -> None:
+    print(message, flush=True)
 
 
 class Digest:
@@ -175,6 +180,7 @@ class OfficialDataModule(MLRDataModule):
         sentences_file: str | None = None,
         text_on_error: Literal["error", "skip"] = "error",
         reference_synonyms: bool = False,
+        drop_test_captions: bool = True,
         generated_dir: str | None = None,
         batch_size: int = 64,
         eval_batch_size: int | None = None,
@@ -199,6 +205,10 @@ class OfficialDataModule(MLRDataModule):
             text_on_error: a malformed corpus line stops ("error") or is skipped and counted.
             reference_synonyms: add the reference synonym quirks (VOC chair ← bench, NUS
                 road ← way) to reproduce TaI-DPT's labels exactly.
+            drop_test_captions: remove the captions that describe test images from the caption
+                corpus (COCO: captions_train2017 covers 35,504 of the 40,504 val2014 test
+                images). False keeps them, as the reference code does (methods then train on
+                human descriptions of the images they are tested on).
             generated_dir: an output folder of ``mlr-bench generate`` (images generated from
                 this dataset's captions, with their manifest): the training images of methods
                 that train on generated images (T2I-PAL).
@@ -209,6 +219,7 @@ class OfficialDataModule(MLRDataModule):
         self.sentences_file = sentences_file
         self.text_on_error = text_on_error
         self.reference_synonyms = reference_synonyms
+        self.drop_test_captions = drop_test_captions
         self.generated_dir = generated_dir
         if on_bad_image not in ("error", "skip"):
             raise ValueError(f"on_bad_image must be 'error' or 'skip', not {on_bad_image!r}")
@@ -266,6 +277,9 @@ class OfficialDataModule(MLRDataModule):
             raise DatasetFormatError(f"{path}: missing; expected the {source} file ({arg})")
         if kind != "text_lines":
             options["on_error"] = self.text_on_error
+        test_ids = self.test_caption_ids() if source == CAPTIONS else None
+        if self.drop_test_captions and test_ids:
+            options["exclude_image_ids"] = test_ids
         options["context_length"] = self.text_context_length()
         loaded = load_corpus(
             kind,
@@ -283,7 +297,17 @@ class OfficialDataModule(MLRDataModule):
             )
         for problem in problems:
             rank_zero_warn(problem)
+        if loaded.excluded:
+            rank_zero_print(
+                f"{path}: {loaded.excluded:,} captions of test images dropped, "
+                f"{len(loaded.corpus):,} kept (--data.drop_test_captions false keeps them)"
+            )
         return loaded.corpus
+
+    def test_caption_ids(self) -> frozenset[int] | None:
+        """Ids, in the caption file's numbering, of the test images (None: the caption corpus
+        describes other images, as for VOC and NUS-WIDE)."""
+        return None
 
     def generated_folder(self) -> Path:
         """``generated_dir``; generating Stable Diffusion images is a separate, long step."""

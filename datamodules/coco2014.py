@@ -98,8 +98,9 @@ def category_names(path: Path, content: dict[str, Any]) -> tuple[list[str], dict
 
 def read_instances(
     path: Path, image_dir: Path, class_names: list[str] | None = None
-) -> tuple[list[str], Split]:
-    """Class names and every image of an instances json with targets (1 present, -1 absent).
+) -> tuple[list[str], Split, list[Any]]:
+    """Class names, every image of an instances json with targets (1 present, -1 absent), and
+    the images' COCO ids (in split order).
 
     ``class_names`` (the test file's) must match this file's categories when given.
     """
@@ -131,7 +132,7 @@ def read_instances(
         rows, cols = torch.tensor(pairs, dtype=torch.long).T
         targets[rows, cols] = 1
     paths = [image_dir / str(image["file_name"]) for image in images]
-    return names, Split(paths, targets, digest.hexdigest())
+    return names, Split(paths, targets, digest.hexdigest()), [image["id"] for image in images]
 
 
 class COCO2014(OfficialDataModule):
@@ -161,6 +162,7 @@ class COCO2014(OfficialDataModule):
         super().__init__(root, num_val=num_val, **kwargs)
         self.save_hyperparameters()
         self._names: list[str] | None = None
+        self._test_ids: frozenset[int] = frozenset()
 
     @property
     def test_json(self) -> Path:
@@ -182,8 +184,15 @@ class COCO2014(OfficialDataModule):
         return list(self._names)
 
     def _read_test(self) -> Split:
-        self._names, split = read_instances(self.test_json, self.root / "val2014")
+        self._names, split, ids = read_instances(self.test_json, self.root / "val2014")
+        self._test_ids = frozenset(ids)
         return split
+
+    def test_caption_ids(self) -> frozenset[int]:
+        """val2014 image ids: COCO keeps an image's id across releases, so they are the ids
+        of these images' captions in captions_train2017.json."""
+        self._raw_test()
+        return self._test_ids
 
     def _read_train(self) -> Split:
         return read_instances(self.train_json, self.root / "train2014", self.class_names)[1]

@@ -43,7 +43,7 @@ from mlr_bench.features.text import corpus_hash
 from mlr_bench.losses import ranking_loss
 from mlr_bench.method import EvalConstantsMixin, FeatureMethod
 from mlr_bench.runs import run_dir
-from mlr_bench.schedules import warmup_cosine
+from mlr_bench.schedules import SCHEDULE_VERSION, warmup_cosine
 from mlr_bench.stages import PriorStage, trainer_limits
 from mlr_bench.text.corpus import SENTENCES, TextRequest
 
@@ -61,6 +61,7 @@ PRETRAIN_ARGS = (
     "pvp_spatial_scale",
     "pretrain_local_weight",
     "pretrain_lr",
+    "pretrain_stop_epoch",
     "pretrain_warmup_lr",
     "pretrain_text_source",
     "pretrain_template_copies",
@@ -180,6 +181,7 @@ class PVP(EvalConstantsMixin, FeatureMethod):
         stage: Stage = "both",
         pretrained_prompts: str | None = None,
         pretrain_epochs: int = 100,
+        pretrain_stop_epoch: int | None = None,
         global_size: int | None = None,
         local_size: int | None = None,
         pixel_init_seed: int = 0,
@@ -210,7 +212,7 @@ class PVP(EvalConstantsMixin, FeatureMethod):
         pretrain_template_copies: int = 400,
         text_source: str = SENTENCES,
         template_copies: int = 200,
-        encode_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto",
+        encode_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32",
         channels_last: bool = True,
     ) -> None:
         """
@@ -220,8 +222,12 @@ class PVP(EvalConstantsMixin, FeatureMethod):
             pretrained_prompts: stage-1 prompts for stage 2: an artifact file, a stage-1
                 ``.ckpt`` or run directory; None finds them in the cache (keyed by backbone,
                 corpus, stage-1 settings, seed and trainer limits).
-            pretrain_epochs: stage-1 epochs when ``stage="both"`` (100 in the reference; its
-                stage 2 loads epoch 41). ``stage="pretrain"`` runs the trainer's max_epochs.
+            pretrain_epochs: stage-1 epochs when ``stage="both"`` (100 in the reference), which
+                its cosine schedule spans. ``stage="pretrain"`` runs the trainer's max_epochs.
+            pretrain_stop_epoch: stop stage 1 after this many epochs of its
+                ``pretrain_epochs``-epoch schedule (None: run them all). The reference trains
+                100 epochs but its stage 2 loads the prompts saved after epoch index 40: 41
+                epochs into the cosine, lr still high; the real-data recipes set 41.
             global_size, local_size: side of the global/local pixel prompts (None: the
                 backbone's input resolution; 224 for RN50 as in the reference scripts).
             pixel_init_seed: seed of the pixel prompts' N(mean, std) initialisation.
@@ -252,13 +258,19 @@ class PVP(EvalConstantsMixin, FeatureMethod):
                 labels parsed from the sentence) and K of the template augmentation (400).
             text_source, template_copies: stage-2 text ("sentences", or "captions" for the
                 paper's clean-text setting) and K (200).
-            encode_dtype: autocast dtype of the pixel-prompt encoding; "auto" = bf16 (fp16
-                without bf16 support) on CUDA, fp32 elsewhere.
+            encode_dtype: autocast dtype of the pixel-prompt encoding on CUDA: "float32" (the
+                reference's precision, default), "bfloat16"/"float16", or "auto" = bf16 (fp16
+                without bf16 support). Always fp32 on other devices.
             channels_last: run the ResNet image encoder in channels-last layout on CUDA.
         """
         super().__init__(class_names)
         if stage not in ("pretrain", "finetune", "both"):
             raise ValueError(f"stage must be pretrain, finetune or both, got {stage!r}")
+        if pretrain_stop_epoch is not None and not 1 <= pretrain_stop_epoch <= pretrain_epochs:
+            raise ValueError(
+                f"pretrain_stop_epoch must be in 1..pretrain_epochs ({pretrain_epochs}), got "
+                f"{pretrain_stop_epoch}"
+            )
         self.save_hyperparameters()
         self.settings = {k: v for k, v in self.hparams.items() if not k.startswith("_")}
         for name, value in self.settings.items():  # plain attributes, as plugins expect
@@ -296,24 +308,42 @@ class PVP(EvalConstantsMixin, FeatureMethod):
         return TextRequest(self.text_source, self.template_copies)
 
     # ---- stage 1 artifact ----------------------------------------------------------------
-    def artifact_key(self, datamodule: Any, trainer: Any, epochs: int) -> dict[str, Any]:
+    def stage1_epochs(self, run_epochs: int | None = None) -> tuple[int, int]:
+        """(epochs stage 1 runs, epochs its cosine spans). ``run_epochs``: the trainer's, when
+        stage 1 runs on its own (``stage="pretrain"``)."""
+        if self.pretrain_stop_epoch is None:
+            run = self.pretrain_epochs if run_epochs is None else run_epochs
+            return run, run
+        run = self.pretrain_stop_epoch if run_epochs is None else run_epochs
+        if run > self.pretrain_epochs:
+            raise ValueError(
+                f"stage 1 runs {run} epochs but its schedule spans pretrain_epochs="
+                f"{self.pretrain_epochs} (pretrain_stop_epoch={self.pretrain_stop_epoch})"
+            )
+        return run, self.pretrain_epochs
+
+    def artifact_key(
+        self, datamodule: Any, trainer: Any, epochs: tuple[int, int]
+    ) -> dict[str, Any]:
         """Everything that changes the stage-1 prompts: the cache key of the artifact."""
         request = TextRequest(self.pretrain_text_source, self.pretrain_template_copies)
         corpus = datamodule.corpus_for(request)
         return {
             "kind": "pvp-prompts",
             "version": ARTIFACT_VERSION,
+            "schedule": SCHEDULE_VERSION,
             "backbone": backbone_key(self.backbone),
             "classes": self.class_names,
             "corpus": corpus_hash(corpus),
             "batch_size": datamodule.batch_size,
-            "epochs": epochs,
+            "epochs": epochs[0],
+            "schedule_epochs": epochs[1],
             "settings": {k: self.settings[k] for k in PRETRAIN_ARGS},
             "seed": os.environ.get("PL_GLOBAL_SEED"),
             "trainer": trainer_limits(trainer),
         }
 
-    def artifact_path(self, datamodule: Any, trainer: Any, epochs: int) -> Path:
+    def artifact_path(self, datamodule: Any, trainer: Any, epochs: tuple[int, int]) -> Path:
         key = self.artifact_key(datamodule, trainer, epochs)
         return datamodule.store.root / f"pvp-prompts-{digest(key)}" / ARTIFACT_NAME
 
@@ -321,13 +351,13 @@ class PVP(EvalConstantsMixin, FeatureMethod):
         """Stage 1, when ``stage="both"`` and its prompts are neither given nor cached."""
         if self.stage != "both" or self.pretrained_prompts is not None:
             return None
-        self._artifact = self.artifact_path(datamodule, trainer, self.pretrain_epochs)
+        self._artifact = self.artifact_path(datamodule, trainer, self.stage1_epochs())
         if self._artifact.is_file():
             print(f"PVP stage 1: reusing cached prompts {self._artifact}")
             return None
         module = type(self)(**{**self.settings, "stage": "pretrain"})
         module._artifact = self._artifact
-        return PriorStage(module, self.pretrain_epochs)
+        return PriorStage(module, self.stage1_epochs()[0])
 
     def setup(self, stage: str) -> None:
         """Stage 2 starts from the stage-1 prompts (before DDP wraps the module)."""
@@ -335,7 +365,8 @@ class PVP(EvalConstantsMixin, FeatureMethod):
             return
         source = self.pretrained_prompts or self._artifact
         if source is None:
-            source = self.artifact_path(self.trainer.datamodule, self.trainer, self.pretrain_epochs)
+            epochs = self.stage1_epochs()
+            source = self.artifact_path(self.trainer.datamodule, self.trainer, epochs)
         if not Path(source).exists() and self.pretrained_prompts is None:
             raise PVPArtifactError(
                 f"PVP stage 2 found no stage-1 prompts for this configuration (looked for "
@@ -362,7 +393,8 @@ class PVP(EvalConstantsMixin, FeatureMethod):
         targets = [run_dir(trainer) / ARTIFACT_NAME]
         cached = self._artifact
         if cached is None and trainer.datamodule is not None:
-            cached = self.artifact_path(trainer.datamodule, trainer, trainer.max_epochs)
+            epochs = self.stage1_epochs(trainer.max_epochs)
+            cached = self.artifact_path(trainer.datamodule, trainer, epochs)
         if cached is not None:
             targets.append(cached)
         if trainer.is_global_zero:
@@ -514,7 +546,10 @@ class PVP(EvalConstantsMixin, FeatureMethod):
             ]
             optimizer = torch.optim.SGD(groups, **sgd)
             warmup = [self.lr, self.adapter_warmup_lr]
-        schedule = warmup_cosine(optimizer, self.trainer.max_epochs, self.warmup_epochs, warmup)
+        span = self.trainer.max_epochs
+        if self.stage == "pretrain" and span not in (None, -1):
+            span = self.stage1_epochs(span)[1]  # the full schedule, when stopped early
+        schedule = warmup_cosine(optimizer, span, self.warmup_epochs, warmup)
         return {"optimizer": optimizer, "lr_scheduler": schedule}
 
 

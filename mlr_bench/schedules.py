@@ -9,6 +9,10 @@ from typing import Any
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+#: Changes whenever the per-epoch lrs change, so that artifacts trained under a schedule (PVP's
+#: cached stage-1 prompts) are keyed by it. 2: the cosine starts after the warm-up (Dassl).
+SCHEDULE_VERSION = 2
+
 
 def warmup_cosine_factor(
     epoch: int, max_epochs: int, warmup_epochs: int, warmup_ratio: float
@@ -16,12 +20,17 @@ def warmup_cosine_factor(
     """Dassl's ``cosine`` + ``constant`` warm-up, per epoch, as a factor of the base lr.
 
     Epochs ``< warmup_epochs`` run at the constant ``warmup_ratio`` (1e-5 / lr in the
-    references); after that the lr is ``(1 + cos(pi * epoch / max_epochs)) / 2`` of the base,
-    the cosine counting epochs from the start of training, as Dassl's successor scheduler does.
+    references). Dassl (``dassl/optim/lr_scheduler.py``, ``WARMUP_RECOUNT=True``, its default
+    and the references') wraps a ``CosineAnnealingLR(T_max=max_epochs)`` created at epoch 0: the
+    first epoch after the warm-up hands over the cosine's untouched lr (the full base lr), and
+    each later epoch steps the cosine once. So epoch ``e >= warmup_epochs`` runs at
+    ``(1 + cos(pi * (e - warmup_epochs) / max_epochs)) / 2`` of the base: the cosine starts when
+    the warm-up ends and never reaches 0 within the run (at 20 epochs, 1 warm-up: 1e-5, then
+    1e-4, 9.94e-5, ..., 2.45e-6 in the last epoch for a base of 1e-4).
     """
     if epoch < warmup_epochs:
         return warmup_ratio
-    return 0.5 * (1.0 + math.cos(math.pi * min(epoch, max_epochs) / max_epochs))
+    return 0.5 * (1.0 + math.cos(math.pi * min(epoch - warmup_epochs, max_epochs) / max_epochs))
 
 
 def warmup_cosine(

@@ -11,6 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from method_args import FAST_ARGS
+from mlr_bench import testing
 from mlr_bench.cli import run_cli
 from mlr_bench.clip.prompts import spatial_softmax_pool
 from mlr_bench.losses import ranking_loss
@@ -38,11 +40,74 @@ def test_ranking_loss_matches_the_pairwise_definition():
     assert ranking_loss(scores, targets).item() == pytest.approx(np.mean(expected), rel=1e-6)
 
 
+#: Dassl's per-epoch lr for lr 1e-4, 20 epochs, 1 constant warm-up epoch at 1e-5
+#: (``build_lr_scheduler`` with LR_SCHEDULER=cosine, WARMUP_TYPE=constant, WARMUP_RECOUNT=True,
+#: stepped once at the end of every epoch as Dassl's trainers do). Derived by hand from its
+#: code: the warm-up scheduler hands over the cosine's lr at t=0 (the base lr) for epoch 1 and
+#: steps the cosine from epoch 2 on, so epoch e >= 1 runs at 1e-4 * (1 + cos(pi * (e-1)/20)) / 2.
+DASSL_LR_20_EPOCHS = [
+    1.0e-05, 1.0e-04, 9.938442e-05, 9.755283e-05, 9.455033e-05, 9.045085e-05, 8.535534e-05,
+    7.938926e-05, 7.269952e-05, 6.545085e-05, 5.782172e-05, 5.000000e-05, 4.217828e-05,
+    3.454915e-05, 2.730048e-05, 2.061074e-05, 1.464466e-05, 9.549150e-06, 5.449674e-06,
+    2.447174e-06,
+]  # fmt: skip
+
+
 def test_warmup_cosine_is_dassls_constant_warmup_then_cosine():
-    assert warmup_cosine_factor(0, 20, 1, 0.1) == 0.1
-    assert warmup_cosine_factor(1, 20, 1, 0.1) == pytest.approx((1 + math.cos(math.pi / 20)) / 2)
-    assert warmup_cosine_factor(10, 20, 1, 0.1) == pytest.approx(0.5)
-    assert warmup_cosine_factor(20, 20, 1, 0.1) == pytest.approx(0.0)
+    factors = [warmup_cosine_factor(e, 20, 1, 0.1) for e in range(20)]
+    assert [1e-4 * f for f in factors] == pytest.approx(DASSL_LR_20_EPOCHS, rel=1e-6)
+    # two warm-up epochs: the cosine starts after both
+    assert warmup_cosine_factor(1, 20, 2, 0.1) == 0.1
+    assert warmup_cosine_factor(2, 20, 2, 0.1) == 1.0
+    assert warmup_cosine_factor(12, 20, 2, 0.1) == pytest.approx(0.5)
+
+
+def test_the_schedule_steps_dassls_lrs_through_a_lightning_run(tmp_path):
+    """The lrs the optimizer actually holds in each epoch of a Trainer run (interval epoch)."""
+    import lightning.pytorch as pl
+
+    from mlr_bench.schedules import warmup_cosine
+
+    class Probe(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.seen: list[float] = []
+
+        def training_step(self, batch, batch_idx):
+            if batch_idx == 0:
+                self.seen.append(self.optimizers().param_groups[0]["lr"])
+            return (self.w * batch[0]).sum()
+
+        def train_dataloader(self):
+            return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(4, 1)))
+
+        def configure_optimizers(self):
+            optimizer = torch.optim.SGD([self.w], lr=1e-4)
+            schedule = warmup_cosine(optimizer, self.trainer.max_epochs, 1, 1e-5)
+            return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+    probe = Probe()
+    trainer = pl.Trainer(
+        max_epochs=20, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(probe)
+    assert probe.seen == pytest.approx(DASSL_LR_20_EPOCHS, rel=1e-6)
+
+
+@pytest.mark.parametrize("method", ["taidpt", "comc", "pvp", "t2ipal"])
+def test_every_trainable_method_follows_dassls_cosine_after_its_warmup(method):
+    import lightning.pytorch as pl
+
+    model, _ = testing.build_from_cli(method, method_args=FAST_ARGS.get(method, []))
+    model.trainer = pl.Trainer(max_epochs=20, logger=False, enable_progress_bar=False)
+    schedule = model.configure_optimizers()["lr_scheduler"]["scheduler"]
+    warm = model.warmup_epochs
+    for factor in schedule.lr_lambdas:  # one per parameter group
+        after = [factor(e) for e in range(warm, 20)]
+        expected = [(1 + math.cos(math.pi * k / 20)) / 2 for k in range(20 - warm)]
+        assert after == pytest.approx(expected, rel=1e-9), method
 
 
 def test_template_augmentation_has_k_minus_1_copies_plus_80_templates():

@@ -220,8 +220,9 @@ def test_difficult_negative_vs_ignore_by_hand() -> None:
     # one class, scores 0.9 0.8 0.7 0.6, targets 1 0 1 -1 (the 0.8 sample is difficult)
     # "negative": ranked 1 0 1 0 -> AP = (1/1 + 2/3) / 2 = 5/6
     # "ignore":   ranked 1 . 1 0 -> AP = (1/1 + 2/2) / 2 = 1    (1/6 = 16.67 points higher)
-    # threshold 0.75 predicts the 0.9 and 0.8 samples:
-    # "negative": Nc=1, Np=2, Ng=2 -> CP=1/2, CR=1/2; "ignore": Np=1 -> CP=1, CR=1/2.
+    # threshold 0.75 predicts the 0.9 and 0.8 samples. ML-GCN's evaluation() maps -1 to 0 and
+    # keeps 0 (difficult_examples is for AP only): Ng = #(target == 1) = 2, Np = #(score >=
+    # 0.75) = 2 (the difficult one included), Nc = 1 -> CP = 1/2, CR = 1/2 under both protocols.
     scores = np.array([[0.9], [0.8], [0.7], [0.6]])
     targets = np.array([[1], [0], [1], [-1]])
     neg = compute_metrics(scores, targets, threshold=0.75, difficult="negative")
@@ -230,7 +231,8 @@ def test_difficult_negative_vs_ignore_by_hand() -> None:
     assert ign.mAP == pytest.approx(100.0)
     assert ign.mAP - neg.mAP == pytest.approx(100 / 6)
     assert (neg.metrics["CP"], neg.metrics["CR"]) == pytest.approx((50.0, 50.0))
-    assert (ign.metrics["CP"], ign.metrics["CR"]) == pytest.approx((100.0, 50.0))
+    assert (ign.metrics["CP"], ign.metrics["CR"]) == pytest.approx((50.0, 50.0))
+    assert (ign.metrics["OP"], ign.metrics["OR"]) == pytest.approx((50.0, 50.0))
     assert neg.difficult == "negative"
     assert ign.difficult == "ignore"
     # default is "negative"

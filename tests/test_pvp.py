@@ -3,7 +3,9 @@ the CLI with a cached stage-1 artifact, and the method passes the conformance ch
 
 from __future__ import annotations
 
+import inspect
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -100,6 +102,50 @@ def test_reference_quirks_are_parameters():
         no_global_token = model.score(batch)
     assert not torch.allclose(swapped, unswapped)
     assert not torch.allclose(unswapped, no_global_token)
+
+
+def test_pixel_prompts_are_encoded_in_fp32_by_default_as_in_the_reference():
+    import yaml
+
+    from mlr_bench.methods.pvp import PVP
+
+    assert inspect.signature(PVP).parameters["encode_dtype"].default == "float32"
+    recipe = yaml.safe_load((Path(__file__).parent.parent / "configs/method/pvp.yaml").read_text())
+    assert recipe["init_args"]["encode_dtype"] == "float32"
+
+
+def test_reference_hand_off_stops_stage1_after_41_epochs_of_a_100_epoch_cosine(tmp_path):
+    """The reference's stage 2 loads the prompts saved after epoch index 40 of a 100-epoch
+    stage 1: 41 epochs run, and the last one runs at Dassl's cosine for t = 40 - 1 of T = 100
+    (base lr 0.1): 0.1 * (1 + cos(0.39 pi)) / 2 = 0.03358 — still a third of the base lr."""
+    import lightning.pytorch as pl
+
+    args = [*PVP_ARGS, "--method.pretrain_epochs", "100", "--method.pretrain_stop_epoch", "41"]
+    model, datamodule = testing.build_from_cli("pvp", method_args=args)
+    trainer = pl.Trainer(max_epochs=20, logger=False, default_root_dir=tmp_path)
+    datamodule.trainer = trainer
+    prior = model.prior_stage(datamodule, trainer)
+    assert prior is not None and prior.max_epochs == 41
+    stage1 = prior.module
+    stage1.trainer = pl.Trainer(max_epochs=41, logger=False, default_root_dir=tmp_path)
+    schedule = stage1.configure_optimizers()["lr_scheduler"]["scheduler"]
+    lrs = [0.1 * schedule.lr_lambdas[0](e) for e in range(41)]
+    assert lrs[0] == pytest.approx(1.0)  # the reference's constant warm-up lr (a quirk)
+    assert lrs[1] == pytest.approx(0.1)
+    assert lrs[40] == pytest.approx(0.1 * (1 + math.cos(math.pi * 39 / 100)) / 2)
+    assert lrs[40] == pytest.approx(0.033581, abs=1e-6)
+    # the artifact is keyed by the hand-off: the full 100 epochs are another artifact
+    full, _ = testing.build_from_cli(
+        "pvp", method_args=[*PVP_ARGS, "--method.pretrain_epochs", "100"]
+    )
+    assert full.artifact_path(datamodule, trainer, full.stage1_epochs()) != stage1.artifact_path(
+        datamodule, trainer, stage1.stage1_epochs(41)
+    )
+    assert stage1.artifact_path(datamodule, trainer, stage1.stage1_epochs(41)) == model._artifact
+    with pytest.raises(ValueError, match="pretrain_stop_epoch"):
+        testing.build_from_cli(
+            "pvp", method_args=[*PVP_ARGS, "--method.pretrain_stop_epoch", "101"]
+        )
 
 
 def test_adapter_mixes_the_feature_residually():

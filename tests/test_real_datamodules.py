@@ -340,6 +340,34 @@ def test_coco_geometry_is_dropped_while_parsing_and_targets_are_unchanged(tmp_pa
     assert torch.equal(COCO2014(str(root)).split("test").targets, coco_expected(23))
 
 
+@pytest.mark.parametrize("drop", [True, False])
+def test_coco_captions_of_test_images_are_dropped_and_counted(tmp_path, capsys, drop):
+    """captions_train2017 describes most val2014 (test) images under the same ids: they are
+    removed from the training text by default and counted; --data.drop_test_captions false
+    keeps them (the reference code's behaviour)."""
+    root = write_coco(tmp_path)  # test ids 1000..1022
+    test_ids, other_ids = [1000, 1001, 1002, 1003, 1004], [5000, 5001, 5002]
+    anns = [
+        {"id": n, "image_id": image_id, "caption": f"a cat number {n} sits by a dog"}
+        for n, image_id in enumerate([*test_ids, *other_ids, 1000])  # 1000 has two captions
+    ]
+    captions = tmp_path / "captions_train2017.json"
+    captions.write_text(json.dumps({"annotations": anns}))
+    data = COCO2014(
+        str(root), captions_file=str(captions), drop_test_captions=drop,
+        cache_dir=str(tmp_path / "cache"),
+    )  # fmt: skip
+    corpus = data.text_corpus("captions")  # one caption per image, as TaI-DPT
+    out = capsys.readouterr().out
+    if drop:
+        assert len(corpus) == 3 and all(
+            "number 5" in t or "number 6" in t or "number 7" in t for t in corpus.texts
+        )
+        assert "5 captions of test images dropped, 3 kept" in out
+    else:
+        assert len(corpus) == 8 and "dropped" not in out
+
+
 def test_coco_without_train_side_has_no_val(tmp_path):
     data = COCO2014(str(write_coco(tmp_path, train=False)))
     with pytest.warns(UserWarning, match="instances_train2014.json is missing"):

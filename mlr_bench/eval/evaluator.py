@@ -8,7 +8,9 @@ processes give bit-for-bit the single-process numbers, even on an odd-sized set.
 
 from __future__ import annotations
 
+import re
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +25,29 @@ from mlr_bench.provenance import weights_record
 from mlr_bench.runs import atomic_write_json, git_revision, run_dir, versions
 
 Stage = Literal["val", "test"]
+
+#: Names already exempted from Lightning's "use sync_dist=True" advice (see log_identical).
+_UNSYNCED: set[str] = set()
+
+
+def log_identical(pl_module: LightningModule, name: str, value: float, **kwargs: Any) -> None:
+    """Log a value that every rank computed identically (from the gathered set), unsynced.
+
+    ``sync_dist=True`` would average the ranks' equal float32 values, and the mean of three
+    equal float32 numbers is not always that number: with 3 processes some logged metrics
+    (metrics.csv, the console table, W&B) moved by one float32 step. Logged unsynced, they are
+    the single-process values bit for bit. Lightning's advice to sync epoch-level values is
+    silenced for exactly these names.
+    """
+    if name not in _UNSYNCED:
+        _UNSYNCED.add(name)
+        warnings.filterwarnings(
+            "ignore",
+            message=re.escape(
+                f"It is recommended to use `self.log({name!r}, ..., sync_dist=True)`"
+            ),
+        )
+    pl_module.log(name, value, sync_dist=False, **kwargs)
 
 
 def gather_unique(
@@ -65,7 +90,8 @@ class Evaluator(Callback):
                 Raw CLIP scores are uncalibrated, so set it per method/backbone.
             top_k: k of the top-k thresholded variants (3 in the field's papers).
             difficult: target 0 (VOC "difficult") counts as "negative" (TaI-DPT/PVP/CoMC
-                protocol) or is "ignore"d (ML-GCN protocol).
+                protocol) or is "ignore"d by AP (ML-GCN protocol, whose thresholded metrics
+                still count it as a negative).
             write_results: write ``results_<stage>.json`` at the end of test/validate.
         """
         self.threshold = threshold
@@ -150,11 +176,11 @@ class Evaluator(Callback):
         ]
         per_class = _per_class(metrics, class_names)
         for key, value in metrics.as_dict().items():
-            pl_module.log(f"{stage}/{key}", float(value), sync_dist=True, prog_bar=key == "mAP")
+            log_identical(pl_module, f"{stage}/{key}", float(value), prog_bar=key == "mAP")
         if stage == "test":
             for name, ap in per_class.items():
                 if ap is not None:
-                    pl_module.log(f"test/AP/{name}", ap, sync_dist=True)
+                    log_identical(pl_module, f"test/AP/{name}", ap)
         self.results[stage] = self._report(trainer, pl_module, metrics, per_class, class_names)
         if stage == "test" and trainer.is_global_zero:
             for logger in _wandb_loggers(trainer):

@@ -7,7 +7,10 @@ logits into ties.
 
 Targets use the VOC encoding: 1 = positive, -1 = negative, 0 = "difficult". The ``difficult``
 argument picks the protocol: ``"negative"`` (TaI-DPT/PVP/CoMC, the default) counts 0 as a
-negative; ``"ignore"`` (ML-GCN) drops those entries from that class entirely.
+negative; ``"ignore"`` (ML-GCN) drops those entries from that class's AP only. ML-GCN's
+``AveragePrecisionMeter`` applies ``difficult_examples`` to AP alone: its CP/CR/CF1/OP/OR/OF1
+(and top-k) turn -1 into 0 and leave 0 as it is, so a prediction on a difficult image counts in
+Np and the image is never a positive; both protocols therefore share the thresholded metrics.
 """
 
 from __future__ import annotations
@@ -166,16 +169,14 @@ class MultilabelMetrics:
         return dict(self.metrics)
 
 
-def _thresholded(pred: np.ndarray, t: np.ndarray, difficult: str) -> dict[str, float]:
+def _thresholded(pred: np.ndarray, t: np.ndarray) -> dict[str, float]:
     """CP, CR, CF1, OP, OR, OF1 (in [0, 1]) of the boolean predictions ``pred`` [N, C].
 
     ML-GCN's formulas: Np = 0 is replaced by 1 *before* the sums, so a class that predicts
     nothing adds 1 to OP's denominator exactly as in ML-GCN; CF1/OF1 are harmonic means of the
     averaged P and R. Classes without positives are left out of all averages and sums.
     """
-    gt = t == 1
-    valid = t != 0 if difficult == "ignore" else np.ones_like(gt)
-    pred = pred & valid
+    gt = t == 1  # a difficult entry (0) is a negative here under both protocols (ML-GCN)
     n_c = (pred & gt).sum(0)
     n_p = pred.sum(0)
     n_g = gt.sum(0)
@@ -217,8 +218,8 @@ def compute_metrics(
         threshold: a class is predicted iff its score >= threshold.
         top_k: the ``*_top{k}`` metrics predict a class iff it is among the image's k highest
             scores (ties broken by the lower class index) *and* its score >= threshold.
-        difficult: target 0 is a "negative" or is "ignore"d (neither positive, negative nor
-            prediction) for its class.
+        difficult: target 0 is a "negative" or is "ignore"d by its class's AP; the
+            thresholded metrics count it as a negative either way (as ML-GCN does).
     """
     s, t = _check_inputs(scores, targets, difficult)
     if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
@@ -229,8 +230,8 @@ def compute_metrics(
     excluded = tuple(int(k) for k in np.flatnonzero(np.isnan(ap)))
     m_ap = float(np.mean(ap[~np.isnan(ap)])) if len(excluded) < len(ap) else float("nan")
     above = s >= threshold
-    metrics = {"mAP": m_ap, **_thresholded(above, t, difficult)}
-    top = _thresholded(above & _top_k_mask(s, int(top_k)), t, difficult)
+    metrics = {"mAP": m_ap, **_thresholded(above, t)}
+    top = _thresholded(above & _top_k_mask(s, int(top_k)), t)
     metrics.update({f"{key}_top{top_k}": value for key, value in top.items()})
     per_class_ap = ap * 100
     per_class_ap.flags.writeable = False

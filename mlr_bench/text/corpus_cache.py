@@ -167,7 +167,7 @@ def _save(path: Path, loaded: LoadedCorpus, key: Mapping[str, Any]) -> None:
     encoded = [t.encode("utf-8") for t in loaded.corpus.texts]
     offsets = np.cumsum([0, *map(len, encoded)], dtype=np.int64)
     meta = {"key": dict(key), "dropped": loaded.dropped, "skipped": loaded.skipped}
-    meta |= {"capped": loaded.capped, "truncated": loaded.truncated}
+    meta |= {"capped": loaded.capped, "truncated": loaded.truncated, "excluded": loaded.excluded}
     arrays = {
         "labels": loaded.corpus.labels.astype(np.int8),
         "text_bytes": np.frombuffer(b"".join(encoded), dtype=np.uint8),
@@ -190,6 +190,7 @@ def _load(path: Path, key: Mapping[str, Any]) -> LoadedCorpus | None:
             data, offsets, labels = z["text_bytes"].tobytes(), z["offsets"], z["labels"]
         texts = [data[a:b].decode("utf-8") for a, b in itertools.pairwise(offsets.tolist())]
         counts = [meta[k] for k in ("dropped", "skipped", "capped", "truncated")]
+        counts.append(meta.get("excluded", 0))  # absent from caches written before it existed
         return LoadedCorpus(TextCorpus(texts, labels), *counts)
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, UnicodeDecodeError) as e:
         log.warning("corpus cache %s is unreadable (%s); rebuilding it", path, e)
@@ -228,7 +229,7 @@ def cached_corpus(
 
 #: Source kinds ``load_corpus`` reads, with the options each accepts.
 SOURCES = {
-    "coco_captions": ("one_per_image", "on_error", "cap", "context_length"),
+    "coco_captions": ("one_per_image", "on_error", "cap", "context_length", "exclude_image_ids"),
     "localized_narratives": ("max_words", "on_error", "cap", "context_length"),
     "llm_descriptions": ("on_error", "cap", "context_length"),
     "text_lines": ("cap", "context_length"),
@@ -267,10 +268,14 @@ def load_corpus(
 
     if not use_cache:
         return build()
+    key_options = dict(sorted(options.items()))
+    if key_options.get("exclude_image_ids") is not None:  # 40k ids: keyed by their hash
+        ids = sorted(set(key_options["exclude_image_ids"]))
+        key_options["exclude_image_ids"] = hashlib.sha256(str(ids).encode()).hexdigest()[:20]
     key = {
         "labeler": LABELER_VERSION,
         "truncation": TRUNCATION_VERSION,
         "table": synonym_table_hash(class_names, synonyms),
-        "options": dict(sorted(options.items())),
+        "options": key_options,
     }
     return cached_corpus(path, kind, key, build, cache_root=cache_root)

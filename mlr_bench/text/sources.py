@@ -17,6 +17,7 @@ which nothing is labelled into an error and a nearly empty or degenerate one int
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -61,11 +62,13 @@ class LoadedCorpus:
     skipped: int = 0
     capped: int = 0
     truncated: int = 0
+    #: texts about excluded images (COCO captions of test images), removed before labelling
+    excluded: int = 0
 
     @property
     def read(self) -> int:
         """Texts (records) read from the file, kept or not."""
-        return len(self.corpus) + self.dropped + self.skipped + self.capped
+        return len(self.corpus) + self.dropped + self.skipped + self.capped + self.excluded
 
 
 def _check_on_error(on_error: str) -> None:
@@ -229,12 +232,15 @@ def read_coco_captions(
     on_error: OnError = "error",
     cap: int | None = None,
     context_length: int | None = CLIP_CONTEXT_LENGTH,
+    exclude_image_ids: Iterable[int] | None = None,
 ) -> LoadedCorpus:
     """COCO caption annotations (``captions_train2017.json``), labels parsed from the captions.
 
     ``one_per_image`` keeps each image's caption with the lowest annotation id (deterministic;
     TaI-DPT uses one caption per train2017 image). Captions are in annotation-id order, cut to
-    ``context_length`` CLIP tokens before labelling.
+    ``context_length`` CLIP tokens before labelling. Captions of ``exclude_image_ids`` (COCO
+    image ids: train2017 holds most val2014 images, the COCO 2014 test set) are removed first
+    and counted in ``excluded``.
     """
     _check_on_error(on_error)
     path = Path(path)
@@ -256,11 +262,17 @@ def read_coco_captions(
             continue
         records.append((ids[0], ids[1], caption))
     records.sort(key=lambda r: r[0])
-    if one_per_image:
+    excluded_ids = frozenset(exclude_image_ids or ())
+    kept = [r for r in records if r[1] not in excluded_ids]
+    if one_per_image:  # one per remaining image; excluded counts captions of excluded images
         seen: set[int] = set()
-        records = [r for r in records if not (r[1] in seen or seen.add(r[1]))]
-    texts = (r[2].strip() for r in records)
-    return _labelled(texts, labeler, lambda: skipped, cap, context_length)
+        kept = [r for r in kept if not (r[1] in seen or seen.add(r[1]))]
+        excluded = len({r[1] for r in records} & excluded_ids)
+    else:
+        excluded = len(records) - len(kept)
+    texts = (r[2].strip() for r in kept)
+    loaded = _labelled(texts, labeler, lambda: skipped, cap, context_length)
+    return dataclasses.replace(loaded, excluded=excluded)
 
 
 def _is_int(value: Any) -> bool:
