@@ -246,7 +246,15 @@ def long_benchmark(tmp_path: Path) -> list[str]:
 def start(command: list[str], tmp_path: Path, tag: str) -> subprocess.Popen:
     """The benchmark as a real process, its output to a file (read when a check fails)."""
     log = (tmp_path / f"{tag}.log").open("w")
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ)
+    return subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, env=os.environ, preexec_fn=default_sigint
+    )
+
+
+def default_sigint() -> None:
+    """Children of a pytest-xdist worker may inherit SIGINT ignored (then Python installs no
+    KeyboardInterrupt handler): give them the default disposition, as a terminal would."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for_cell_pid(cell_dir: Path, bench: subprocess.Popen, timeout: float = 240) -> int:
@@ -388,8 +396,9 @@ def test_ctrl_c_delivered_to_another_thread_still_stops_the_cell_wait(tmp_path: 
         """
     )
     done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=90, cwd=tmp_path
-    )
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=90, cwd=tmp_path,
+        preexec_fn=default_sigint,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     seconds = float(done.stdout.split("interrupted after ")[1].split()[0])
     assert seconds < 10, done.stdout
