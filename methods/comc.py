@@ -3,7 +3,7 @@
 A bias-free linear classifier learns on the frozen EOT embeddings of LLM-written sentences
 (with Gaussian noise, to bridge the modality gap); at test time each image embedding is first
 mapped towards the text modality by attention over the class prompt-ensemble embeddings. The
-defaults reproduce the official code (yic20/CoMC, ``docs/methods-pvp-comc.md`` §3): noise σ 0.1
+defaults reproduce the official code (yic20/CoMC; ``docs/methods/comc.md``): noise σ 0.1
 (not re-normalised), ranking loss, Adam 1e-3 / wd 5e-4, 20 cosine epochs after one constant
 warm-up epoch at 1e-5, batch 512; mapping temperature 100, fusion 0.7 image + 0.3 mapped,
 score 0.5 · global + 0.5 · max over locations.

@@ -13,8 +13,8 @@ image encoder: their embeddings are class prototypes that live in the image moda
 * ``stage="both"`` (default) runs stage 1 first (unless its artifact is cached under a key of
   everything that changes it) through the trainer's prior-stage hook, then stage 2.
 
-Defaults reproduce the reference implementation (Jinx630/Pseudo-Visual-Prompt, see
-``docs/methods-pvp-comc.md`` §2), quirks included; each quirk is a named parameter, documented
+Defaults reproduce the reference implementation (Jinx630/Pseudo-Visual-Prompt), quirks
+included; each quirk is a named parameter, documented
 in ``docs/methods/pvp.md``.
 """
 

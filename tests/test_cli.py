@@ -79,9 +79,9 @@ def test_train_writes_config_checkpoint_and_results_per_run(zeroshot_args, tmp_p
         assert {"mAP", "CF1", "OF1", "CF1_top3", "OF1_top3"} <= set(results["metrics"])
         ckpt = Path(results["ckpt_path"])
         # only learned parameters are checkpointed: the frozen CLIP is not copied per run
-        import torch
+        from mlr_bench.checkpoints import load_weights_file
 
-        state = torch.load(ckpt, weights_only=False)["state_dict"]
+        state = load_weights_file(ckpt)["state_dict"]  # weights only: no code runs
         assert not any(k.startswith("backbone.") for k in state)
     # same seed, same data, same random tiny backbone -> the same numbers
     r0, r1 = (json.loads((r / "results_test.json").read_text())["metrics"] for r in runs)
