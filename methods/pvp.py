@@ -14,8 +14,7 @@ image encoder: their embeddings are class prototypes that live in the image moda
   everything that changes it) through the trainer's prior-stage hook, then stage 2.
 
 Defaults reproduce the reference implementation (Jinx630/Pseudo-Visual-Prompt), quirks
-included; each quirk is a named parameter, documented
-in ``docs/methods/pvp.md``.
+included; each quirk is a named parameter, documented in ``docs/methods/pvp.md``.
 """
 
 from __future__ import annotations
