@@ -277,9 +277,10 @@ class OfficialDataModule(MLRDataModule):
             raise DatasetFormatError(f"{path}: missing; expected the {source} file ({arg})")
         if kind != "text_lines":
             options["on_error"] = self.text_on_error
-        test_ids = self.test_caption_ids() if source == CAPTIONS else None
-        if self.drop_test_captions and test_ids:
-            options["exclude_image_ids"] = test_ids
+        if source == CAPTIONS and self.drop_test_captions:
+            test_ids = self.test_caption_ids()
+            if test_ids:
+                options["exclude_image_ids"] = test_ids
         options["context_length"] = self.text_context_length()
         loaded = load_corpus(
             kind,

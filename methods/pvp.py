@@ -60,7 +60,6 @@ PRETRAIN_ARGS = (
     "pvp_spatial_scale",
     "pretrain_local_weight",
     "pretrain_lr",
-    "pretrain_stop_epoch",
     "pretrain_warmup_lr",
     "pretrain_text_source",
     "pretrain_template_copies",

@@ -43,28 +43,27 @@ def _save() -> None:
     os.replace(tmp, path)
 
 
-def _sample_memory() -> None:
-    """Keep the largest anonymous (heap, tensors) and file-backed (memory-mapped caches, code)
-    resident sizes seen: the second is page cache the kernel can drop, the first cannot be."""
+def _resident_mb() -> dict[str, float]:
+    """Resident memory now, MB: ``VmRSS`` (all), ``RssAnon`` (heap, tensors) and ``RssFile``
+    (memory-mapped caches, code: page cache the kernel can drop). Empty off Linux."""
     try:
         status = Path("/proc/self/status").read_text().splitlines()
     except OSError:
-        return
-    for line in status:
-        key = line.split(":", 1)[0]
-        if key in ("RssAnon", "RssFile"):
-            mb = int(line.split()[1]) / 1024
+        return {}
+    fields = (line.split(":", 1) for line in status)
+    return {
+        key: int(value.split()[0]) / 1024
+        for key, value in fields
+        if key in ("VmRSS", "RssAnon", "RssFile")
+    }
+
+
+def _sample_memory() -> None:
+    """Keep the largest anonymous and file-backed resident sizes seen."""
+    for key, mb in _resident_mb().items():
+        if key != "VmRSS":
             name = f"max_{key.lower()}_mb"
             _RECORD[name] = max(_RECORD.get(name, 0.0), mb)
-
-
-def _rss_mb() -> float | None:
-    """Resident memory now (Linux ``/proc``; None elsewhere)."""
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def _folder_bytes(path: Path) -> int:
@@ -151,9 +150,9 @@ class PhaseTimer(Callback):
         _RECORD["started_to_callback_s"] = time.time() - t0 if t0 else None
         # LightningCLI builds the model before the Trainer's callbacks: this is the process's
         # own memory (imports + model) before any data, the base of "peak above model".
-        _RECORD["model_rss_mb"] = _rss_mb()
+        now = _resident_mb()
+        _RECORD["model_rss_mb"], _RECORD["model_rssanon_mb"] = now.get("VmRSS"), now.get("RssAnon")
         _sample_memory()
-        _RECORD["model_rssanon_mb"] = _RECORD.get("max_rssanon_mb")
         _wrap_feature_store()
         _wrap_corpus_loader()
         atexit.register(_save)
