@@ -29,7 +29,9 @@ from mlr_bench.datamodule import MLRDataModule, Transform, check_int
 from mlr_bench.datamodules.folder import DatasetFormatError
 from mlr_bench.features.keys import files_fingerprint
 from mlr_bench.generated_data import GeneratedDataError
-from mlr_bench.text.corpus import CAPTIONS, SENTENCES, TextCorpus
+from mlr_bench.protocol import CLEAN, PROTOCOLS, prompt_names
+from mlr_bench.protocol import resolve as resolve_protocol
+from mlr_bench.text.corpus import CAPTIONS, PRETRAIN_SENTENCES, SENTENCES, TextCorpus
 from mlr_bench.text.corpus_cache import load_corpus
 from mlr_bench.text.sources import check_training_corpus
 from mlr_bench.text.synonyms import synonym_table
@@ -172,15 +174,18 @@ class OfficialDataModule(MLRDataModule):
         self,
         root: str,
         *,
-        legacy_val: bool = False,
+        protocol: str = CLEAN,
+        legacy_val: bool | None = None,
         num_val: int = 2000,
         seed: int = 0,
         on_bad_image: BadImagePolicy = "error",
         captions_file: str | None = None,
         sentences_file: str | None = None,
+        pretrain_sentences_file: str | None = None,
         text_on_error: Literal["error", "skip"] = "error",
-        reference_synonyms: bool = False,
-        drop_test_captions: bool = True,
+        reference_synonyms: bool | None = None,
+        reference_class_names: bool | None = None,
+        drop_test_captions: bool | None = None,
         generated_dir: str | None = None,
         batch_size: int = 64,
         eval_batch_size: int | None = None,
@@ -191,8 +196,12 @@ class OfficialDataModule(MLRDataModule):
         """
         Args:
             root: the dataset folder (see the subclass).
+            protocol: ``clean`` (default) or ``reference``: sets ``legacy_val``,
+                ``drop_test_captions``, ``reference_synonyms`` and ``reference_class_names``
+                together (see :mod:`mlr_bench.protocol`); each of those given explicitly
+                overrides it and is recorded as an override.
             legacy_val: validate on the test subset the reference code uses (optimistic: it
-                selects checkpoints on test images).
+                selects checkpoints on test images). Default: the protocol's.
             num_val: validation images drawn from the training side (when not legacy).
             seed: seed of that draw.
             on_bad_image: "error" stops at an unreadable image; "skip" scores a black image
@@ -202,31 +211,50 @@ class OfficialDataModule(MLRDataModule):
                 NUS-WIDE), labelled with this dataset's synonym table.
             sentences_file: LLM sentences (``mlr-bench captions`` jsonl/json, or ``.txt``
                 lines).
+            pretrain_sentences_file: LLM sentences of a pre-training stage (PVP stage 1, the
+                ``pretrain_sentences`` text source; the reference uses a 500k-sentence file for
+                stage 1 and a separate 200k one for stage 2). Default: ``sentences_file``.
             text_on_error: a malformed corpus line stops ("error") or is skipped and counted.
             reference_synonyms: add the reference synonym quirks (VOC chair ← bench, NUS
-                road ← way) to reproduce TaI-DPT's labels exactly.
+                road ← way) to reproduce TaI-DPT's labels exactly. Default: the protocol's.
+            reference_class_names: prompt with the reference code's class names (COCO "motor
+                bike", "aeroplane") in prompts, template sentences and mapping banks; results
+                keep the dataset's names. Default: the protocol's.
             drop_test_captions: remove the captions that describe test images from the caption
                 corpus (COCO: captions_train2017 covers 35,504 of the 40,504 val2014 test
                 images). False keeps them, as the reference code does (methods then train on
-                human descriptions of the images they are tested on).
+                human descriptions of the images they are tested on). Default: the
+                protocol's (clean: True, reference: False).
             generated_dir: an output folder of ``mlr-bench generate`` (images generated from
                 this dataset's captions, with their manifest): the training images of methods
                 that train on generated images (T2I-PAL).
         """
-        super().__init__(batch_size, eval_batch_size, num_workers, image_size, cache_dir)
+        super().__init__(
+            batch_size, eval_batch_size, num_workers, image_size, cache_dir, protocol=protocol
+        )
         check_int("num_val", num_val, 1)
+        explicit = {
+            "legacy_val": legacy_val,
+            "drop_test_captions": drop_test_captions,
+            "reference_synonyms": reference_synonyms,
+            "reference_class_names": reference_class_names,
+        }
+        settings, self.protocol_overrides = resolve_protocol(self.protocol, explicit)
+        self.protocol_settings = settings
         self.captions_file = captions_file
         self.sentences_file = sentences_file
+        self.pretrain_sentences_file = pretrain_sentences_file
         self.text_on_error = text_on_error
-        self.reference_synonyms = reference_synonyms
-        self.drop_test_captions = drop_test_captions
+        self.reference_synonyms = settings["reference_synonyms"]
+        self.reference_class_names = settings["reference_class_names"]
+        self.drop_test_captions = settings["drop_test_captions"]
         self.generated_dir = generated_dir
         if on_bad_image not in ("error", "skip"):
             raise ValueError(f"on_bad_image must be 'error' or 'skip', not {on_bad_image!r}")
         if num_val < 1:
             raise ValueError(f"num_val must be at least 1, not {num_val}")
         self.root = Path(root).expanduser()
-        self.legacy_val = legacy_val
+        self.legacy_val = settings["legacy_val"]
         self.num_val = num_val
         self.seed = seed
         self.on_bad_image = on_bad_image
@@ -243,6 +271,15 @@ class OfficialDataModule(MLRDataModule):
     CAPTION_KIND: ClassVar[str] = "coco_captions"
     CAPTION_OPTIONS: ClassVar[dict[str, Any]] = {"one_per_image": True}
 
+    #: The official datasets have reference code, so both protocols apply.
+    PROTOCOLS: ClassVar[tuple[str, ...]] = PROTOCOLS
+
+    @property
+    def prompt_class_names(self) -> list[str]:
+        """The reference code's names under ``reference_class_names`` (COCO: "motor bike",
+        "aeroplane"), else ``class_names``."""
+        return prompt_names(self.DATASET, self.class_names, self.reference_class_names)
+
     @property
     def synonyms(self) -> dict[str, list[str]]:
         """This project's synonym table (``reference_synonyms`` adds the reference quirks)."""
@@ -250,7 +287,8 @@ class OfficialDataModule(MLRDataModule):
         return {c: list(dict.fromkeys([c, *table.get(c, [])])) for c in self.class_names}
 
     def text_corpus(self, source: str) -> TextCorpus:
-        """Captions (``captions_file``) or LLM sentences (``sentences_file``), labelled.
+        """Captions (``captions_file``) or LLM sentences (``sentences_file``; for the
+        ``pretrain_sentences`` source ``pretrain_sentences_file`` when given), labelled.
 
         Sentences in ``.txt`` files (one per line, PVP style) are labelled by the labeler;
         ``.json``/``.jsonl`` files of ``{"labels", "description"}`` (CoMC style) keep their
@@ -259,13 +297,16 @@ class OfficialDataModule(MLRDataModule):
         if source == CAPTIONS:
             path, kind, options = self.captions_file, self.CAPTION_KIND, dict(self.CAPTION_OPTIONS)
             arg = "captions_file"
-        elif source == SENTENCES:
+        elif source in (SENTENCES, PRETRAIN_SENTENCES):
             path, arg, options = self.sentences_file, "sentences_file", {}
+            if source == PRETRAIN_SENTENCES and self.pretrain_sentences_file:
+                path, arg = self.pretrain_sentences_file, "pretrain_sentences_file"
             txt = str(path or "").lower().endswith(".txt")
             kind = "text_lines" if txt else "llm_descriptions"
         else:
             raise ValueError(
-                f"unknown text source {source!r}; expected {CAPTIONS!r} or {SENTENCES!r}"
+                f"unknown text source {source!r}; expected {CAPTIONS!r}, {SENTENCES!r} or "
+                f"{PRETRAIN_SENTENCES!r}"
             )
         if not path:
             raise DatasetFormatError(

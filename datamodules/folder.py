@@ -126,14 +126,19 @@ class MultiLabelFolder(MLRDataModule):
         num_workers: int = 0,
         image_size: int | None = None,
         cache_dir: str | None = None,
+        protocol: str = "clean",
     ) -> None:
         """
         Args:
             root: folder holding classes.txt and the split CSV files.
+            protocol: only ``clean`` (no reference code exists whose choices ``reference``
+                would reproduce; see :mod:`mlr_bench.protocol`).
             val_split: name of the validation CSV (without .csv); None disables validation.
             test_split: name of the test CSV (without .csv).
         """
-        super().__init__(batch_size, eval_batch_size, num_workers, image_size, cache_dir)
+        super().__init__(
+            batch_size, eval_batch_size, num_workers, image_size, cache_dir, protocol=protocol
+        )
         self.save_hyperparameters()
         self.root = Path(root).expanduser()
         self._class_names, self._synonyms = read_classes(self.root / "classes.txt")

@@ -21,7 +21,7 @@ from mlr_bench.batch import GENERATED_IMAGES, TEXT, EvalSample
 from mlr_bench.datamodule import MLRDataModule, Transform, check_int
 from mlr_bench.generated_data import caption_items, items_digest
 from mlr_bench.text import SynonymLabeler
-from mlr_bench.text.corpus import CAPTIONS, SENTENCES, TextCorpus
+from mlr_bench.text.corpus import CAPTIONS, PRETRAIN_SENTENCES, SENTENCES, TextCorpus
 from mlr_bench.text.truncate import truncator_for
 from mlr_bench.world import (
     CLASS_NAMES,
@@ -103,10 +103,13 @@ class World(MLRDataModule):
         num_workers: int = 0,
         image_size: int | None = None,
         cache_dir: str | None = None,
+        protocol: str = "clean",
     ) -> None:
         """
         Args:
             seed: world seed; every split derives its own disjoint seed from it.
+            protocol: only ``clean`` (no reference code exists whose choices ``reference``
+                would reproduce; see :mod:`mlr_bench.protocol`).
             num_test: held-out test images.
             num_val: validation images (a separate draw, never the test images).
             num_captions: size of the caption corpus (text-only training data).
@@ -119,7 +122,9 @@ class World(MLRDataModule):
             generated_dir: an output folder of ``mlr-bench generate --data world`` (the path it
                 prints) to train on instead of rendering ``num_generated`` images here.
         """
-        super().__init__(batch_size, eval_batch_size, num_workers, image_size, cache_dir)
+        super().__init__(
+            batch_size, eval_batch_size, num_workers, image_size, cache_dir, protocol=protocol
+        )
         for name, value in (("num_test", num_test), ("num_val", num_val),
                             ("num_captions", num_captions), ("num_sentences", num_sentences),
                             ("scene_size", scene_size), ("num_generated", num_generated),
@@ -192,6 +197,7 @@ class World(MLRDataModule):
         corpora = {
             CAPTIONS: lambda: self.caption_corpus,
             SENTENCES: lambda: self.sentence_corpus,
+            PRETRAIN_SENTENCES: lambda: self.sentence_corpus,  # the world has one sentence set
             "parsed_sentences": lambda: self.parsed_sentence_corpus,
         }
         if source not in corpora:
@@ -199,7 +205,7 @@ class World(MLRDataModule):
         context = self.text_context_length()
         key = (source, context)
         if key not in self._cut_corpora:
-            parsed = source != SENTENCES  # requested labels (CoMC) are not parsed from text
+            parsed = source not in (SENTENCES, PRETRAIN_SENTENCES)  # requested labels (CoMC) are not parsed from text
             self._cut_corpora[key] = cut_to_context(
                 corpora[source](), self.labeler, context, parsed
             )

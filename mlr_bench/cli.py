@@ -170,11 +170,17 @@ def rewrite_argv(argv: Sequence[str]) -> list[str]:
     """Turn ``--method NAME``/``--data NAME`` (and ``--method.x``) into LightningCLI arguments."""
     out: list[str] = []
     args = list(argv)
+    protocol: list[str] = []  # --data.protocol goes last: after --data and any --config
     i = 0
     while i < len(args):
         arg = args[i]
         key, eq, inline = arg.partition("=")
-        if key in ALIASES:
+        if key == "--protocol":
+            if not eq and i + 1 < len(args) and not args[i + 1].startswith("--"):
+                i += 1
+                inline = args[i]
+            protocol = [f"--data.protocol={inline}"]
+        elif key in ALIASES:
             kind, target = ALIASES[key]
             if eq:
                 value = inline
@@ -203,7 +209,7 @@ def rewrite_argv(argv: Sequence[str]) -> list[str]:
         else:
             out.append(arg)
         i += 1
-    return out
+    return out + protocol
 
 
 # ---- Lightning pieces ---------------------------------------------------------------------
@@ -345,6 +351,8 @@ mlr-bench short names:
                         its init argument X; `--method.help NAME` lists them.
   --data NAME           a dataset from `mlr-bench list` (world, folder, voc2007, coco2014,
                         nuswide); --data.X VALUE, `--data.help NAME` as for --method.
+  --protocol NAME       clean (default: validation from the training side, no test captions)
+                        or reference (the reference code's choices); = --data.protocol NAME.
   --logger NAME         csv (default), tensorboard (needs `pip install tensorboard`) or wandb;
                         = --trainer.logger CLASS_PATH.
   --trainer.max_epochs  unset: the method's reference epochs (20 for the built-ins).
@@ -416,7 +424,7 @@ class MLRBenchCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments(
-            "data.class_names", "model.init_args.class_names", apply_on="instantiate"
+            "data.prompt_class_names", "model.init_args.class_names", apply_on="instantiate"
         )
         parser.add_lightning_class_args(Evaluator, "evaluator")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -493,7 +501,7 @@ class MLRBenchCLI(LightningCLI):
         if ckpt is not None:
             ckpt_path = str(self.config[subcommand].get("ckpt_path"))
             hparams = ckpt.get("hyper_parameters") or {}
-            check_classes_match(ckpt_path, hparams, list(self.datamodule.class_names))
+            check_classes_match(ckpt_path, hparams, list(self.datamodule.prompt_class_names))
             check_state_matches(ckpt_path, ckpt["state_dict"], self.model)
         if subcommand not in ("fit", "train"):
             return

@@ -27,6 +27,7 @@ from mlr_bench.features import (
     text_features,
 )
 from mlr_bench.features.text import finish_text_batch
+from mlr_bench.protocol import CLEAN, check_protocol, protocol_record
 from mlr_bench.text.corpus import TextCorpus, TextDataset, TextRequest, template_corpus
 from mlr_bench.text.sources import EmptyCorpusError
 from mlr_bench.text.truncate import CLIP_CONTEXT_LENGTH
@@ -87,8 +88,11 @@ class MLRDataModule(LightningDataModule):
 
     #: Names of init arguments that do not change the data (left out of cache keys).
     NON_DATA_ARGS: ClassVar[frozenset[str]] = frozenset(
-        {"batch_size", "eval_batch_size", "num_workers", "image_size", "cache_dir"}
+        {"batch_size", "eval_batch_size", "num_workers", "image_size", "cache_dir", "protocol"}
     )
+    #: Protocols this datamodule can follow (:mod:`mlr_bench.protocol`); datasets without
+    #: reference code follow only ``clean``.
+    PROTOCOLS: ClassVar[tuple[str, ...]] = (CLEAN,)
 
     #: Training data kinds this datamodule can build (see :mod:`mlr_bench.batch`).
     provides: ClassVar[frozenset[str]] = frozenset()
@@ -100,6 +104,8 @@ class MLRDataModule(LightningDataModule):
         num_workers: int = 0,
         image_size: int | None = None,
         cache_dir: str | None = None,
+        *,
+        protocol: str = CLEAN,
     ) -> None:
         """
         Args:
@@ -109,8 +115,13 @@ class MLRDataModule(LightningDataModule):
             image_size: evaluation resolution; ``None`` follows the method's backbone.
             cache_dir: root of the feature caches (default ``$MLR_BENCH_CACHE`` or
                 ``~/.cache/mlr-bench``).
+            protocol: ``clean`` or ``reference`` (see :mod:`mlr_bench.protocol`).
         """
         super().__init__()
+        self.protocol = check_protocol(protocol, self.PROTOCOLS, type(self).__name__)
+        #: Protocol settings in effect and those given explicitly against the protocol.
+        self.protocol_settings: dict[str, bool] = {}
+        self.protocol_overrides: dict[str, bool] = {}
         check_int("batch_size", batch_size, 1)
         check_int("eval_batch_size", eval_batch_size, 1, allow_none=True)
         check_int("num_workers", num_workers, 0)
@@ -127,6 +138,17 @@ class MLRDataModule(LightningDataModule):
     @property
     def class_names(self) -> list[str]:
         raise NotImplementedError(f"{type(self).__name__} must define class_names")
+
+    @property
+    def prompt_class_names(self) -> list[str]:
+        """The class names a method puts in its prompts (linked to ``model.class_names``):
+        ``class_names`` unless the protocol prescribes the reference code's names. Results
+        and displays use ``class_names``."""
+        return self.class_names
+
+    def protocol_record(self) -> dict[str, Any]:
+        """The protocol, its settings and overrides, as results files and W&B record them."""
+        return protocol_record(self.protocol, self.protocol_settings, self.protocol_overrides)
 
     @property
     def synonyms(self) -> dict[str, list[str]]:
@@ -185,7 +207,7 @@ class MLRDataModule(LightningDataModule):
                 f"any of the {len(self.class_names)} classes ({len(corpus)} texts); training on "
                 "it would use the template sentences alone"
             )
-        return corpus + template_corpus(self.class_names, request.template_copies)
+        return corpus + template_corpus(self.prompt_class_names, request.template_copies)
 
     def text_context_length(self) -> int | None:
         """Tokens the method's text encoder reads (corpora are cut to it before labelling).

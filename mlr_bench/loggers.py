@@ -45,7 +45,7 @@ DEFAULT_PROJECT = "mlr-bench"
 #: Seconds ``wandb.init`` may wait for the W&B service/server (W&B's default is 90).
 DEFAULT_INIT_TIMEOUT = 15.0
 #: Top-level config keys every run carries, for filtering and grouping in the W&B UI.
-FLAT_KEYS = ("method", "dataset", "backbone", "weights", "seed", "text_source")
+FLAT_KEYS = ("method", "dataset", "protocol", "backbone", "weights", "seed", "text_source")
 BEST_KEY = "val/mAP"
 #: W&B's staging folder for media and artifact files (read when a file is logged).
 DATA_DIR_ENV = "WANDB_DATA_DIR"
@@ -64,17 +64,25 @@ class RunContext:
 
 # ---- facts and modes ----------------------------------------------------------------------
 def run_facts(model: Any, datamodule: Any, seed: int | None = None) -> dict[str, Any]:
-    """The flat keys of a run: method, dataset, backbone, weights, seed, text_source."""
+    """The flat keys of a run: method, dataset, protocol (its label: the name, plus any
+    override), backbone, weights, seed, text_source."""
     if seed is None and os.environ.get("PL_GLOBAL_SEED") is not None:
         seed = int(os.environ["PL_GLOBAL_SEED"])
     return {
         "method": registry.name_for_class("method", type(model)),
         "dataset": registry.name_for_class("data", type(datamodule)) if datamodule else None,
+        "protocol": protocol_label_of(datamodule),
         "backbone": getattr(model, "hparams", {}).get("backbone"),
         "weights": weights_provenance(model),
         "seed": seed,
         "text_source": getattr(model, "text_source", None),
     }
+
+
+def protocol_label_of(datamodule: Any) -> str | None:
+    """``clean``, ``reference`` or ``clean (legacy_val=true)``; None without a protocol."""
+    record = getattr(datamodule, "protocol_record", None)
+    return record()["label"] if callable(record) else None
 
 
 def default_run_name(facts: Mapping[str, Any]) -> str:

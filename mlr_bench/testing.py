@@ -53,7 +53,8 @@ def build_from_cli(
     cli = _cli(rewrite_argv(["--method", method, *method_args, *data_args]), run=False)
     assert isinstance(cli.model, MLRMethod), f"{method} is not an MLRMethod: {type(cli.model)}"
     assert isinstance(cli.datamodule, MLRDataModule), "the datamodule is not an MLRDataModule"
-    assert cli.model.class_names == cli.datamodule.class_names, "class names were not linked"
+    linked = cli.model.class_names == cli.datamodule.prompt_class_names
+    assert linked, "class names were not linked"
     return cli.model, cli.datamodule
 
 

@@ -213,3 +213,44 @@ def test_both_stages_from_the_cli_cache_stage1_and_reload_it(tmp_path, capsys):
         str(stage1_dir),
     )
     assert from_dir == first
+
+
+#: Stage-2 text of the reference per dataset (Pseudo-Visual-Prompt pvp_finetune/datasets/:
+#: voc2007_distill.py hard-codes COCO captions, nuswide_distill.py LLM sentences; the released
+#: COCO script passes --use-chatglm 1, LLM sentences).
+REFERENCE_STAGE2_TEXT = {"voc2007": "captions", "coco2014": "sentences", "nuswide": "sentences"}
+
+
+@pytest.mark.parametrize("dataset", sorted(REFERENCE_STAGE2_TEXT))
+def test_recipes_train_each_dataset_on_the_reference_text(dataset):
+    import yaml
+
+    recipe = Path(__file__).parent.parent / "configs" / "experiment" / f"pvp_{dataset}.yaml"
+    config = yaml.safe_load(recipe.read_text())
+    method, data = config["model"]["init_args"], config["data"]["init_args"]
+    assert method["pretrain_text_source"] == "pretrain_sentences"
+    assert method["text_source"] == REFERENCE_STAGE2_TEXT[dataset]
+    assert data["pretrain_sentences_file"]  # stage 1 reads its own (500k) file
+    stage2_file = "captions_file" if method["text_source"] == "captions" else "sentences_file"
+    assert data[stage2_file] and data[stage2_file] != data["pretrain_sentences_file"]
+
+
+def test_stage1_reads_its_own_sentence_file_or_falls_back_to_the_stage2_one(tmp_path):
+    from test_real_datamodules import write_voc
+
+    from mlr_bench.datamodules.voc2007 import VOC2007
+
+    root = write_voc(tmp_path)
+    first, second = tmp_path / "stage1.txt", tmp_path / "stage2.txt"
+    first.write_text("a dog runs after a cat\na bird sits on a boat\n")
+    second.write_text("a horse stands near a car\n")
+    cache = str(tmp_path / "cache")
+    both = VOC2007(
+        str(root), sentences_file=str(second), pretrain_sentences_file=str(first), cache_dir=cache
+    )
+    assert both.text_corpus("pretrain_sentences").texts == [
+        "a dog runs after a cat", "a bird sits on a boat",
+    ]  # fmt: skip
+    assert both.text_corpus("sentences").texts == ["a horse stands near a car"]
+    one = VOC2007(str(root), sentences_file=str(second), cache_dir=cache)
+    assert one.text_corpus("pretrain_sentences").texts == ["a horse stands near a car"]

@@ -148,16 +148,22 @@ def method_cells(plan: Plan, method: str, dataset: str, kind: str) -> list[Cell]
     if method in ("taidpt", "comc"):
         option, role = TEXT_OPTION[method]
         return [cell("train", "train", [option, str(files[role])])]
-    if method == "pvp":
+    if method == "pvp":  # stage 2 finds stage 1's prompts by its corpus: both get the file
+        stage1_text = ["--data.pretrain_sentences_file", str(files["pvp_stage1"])]
         first = cell(
             "stage1", "fit",
-            ["--method.stage", "pretrain", "--data.sentences_file", str(files["pvp_stage1"]),
-             "--trainer.limit_val_batches", "0"],
+            ["--method.stage", "pretrain", *stage1_text, "--trainer.limit_val_batches", "0"],
         )  # fmt: skip
+        # the recipes' stage-2 text: COCO captions on VOC (as the reference), else sentences
+        stage2_text = (
+            ["--data.captions_file", str(files["captions"])]
+            if dataset == "voc2007"
+            else ["--data.sentences_file", str(files["pvp_stage2"])]
+        )
         second = cell(
             "stage2",
             "train",
-            ["--method.stage", "finetune", "--data.sentences_file", str(files["pvp_stage2"])],
+            ["--method.stage", "finetune", *stage1_text, *stage2_text],
             needs=first.id,
         )
         return [first, second]

@@ -135,6 +135,7 @@ def run_cell_here(cell: Cell, args: Sequence[str]) -> dict[str, Any] | None:
         "seed": cell.seed,
         "backbone": ((results.get("method") or {}).get("init_args") or {}).get("backbone"),
         "weights": results.get("weights", UNKNOWN),  # random weights: rehearsal only
+        "protocol": (results.get("protocol") or {}).get("label", UNKNOWN),
         "status": "ok",
         "metrics": results["metrics"],
         "per_class_ap": results["per_class_ap"],

@@ -17,7 +17,14 @@ from mlr_bench.benchmark import matrix as mx
 from mlr_bench.benchmark.plots import plot_all
 from mlr_bench.benchmark.process import Terminated, stop_on_signals
 from mlr_bench.benchmark.reference import load_reference
-from mlr_bench.benchmark.report import leaderboard_markdown, rows_to_csv, summarise, to_rows
+from mlr_bench.benchmark.report import (
+    by_protocol,
+    leaderboard_markdown,
+    protocol_column,
+    rows_to_csv,
+    summarise,
+    to_rows,
+)
 from mlr_bench.benchmark.runner import (
     CellRunner,
     Isolation,
@@ -28,6 +35,7 @@ from mlr_bench.benchmark.runner import (
     run_matrix,
 )
 from mlr_bench.errors import MLRBenchError
+from mlr_bench.protocol import CLEAN, PROTOCOLS
 from mlr_bench.runs import atomic_write_json, atomic_write_text
 
 META = "benchmark.json"
@@ -165,8 +173,10 @@ def _write_outputs(
     atomic_write_json(
         files["results.json"], {"benchmark": meta, "columns": columns, "rows": json_rows}
     )
+    records = by_protocol(records)  # leaderboard and plots: one column per protocol
     all_methods = _names_in_order(methods, records, "method")
-    all_datasets = _names_in_order(datasets, records, "dataset")
+    asked = [protocol_column({"dataset": d, "protocol": settings.protocol}) for d in datasets]
+    all_datasets = _names_in_order(asked, records, "dataset")
     all_seeds = sorted(set(seeds) | {int(r["seed"]) for r in records if r.get("status") == "ok"})
     leaderboard = leaderboard_markdown(
         meta["name"],
@@ -236,6 +246,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-epochs", type=int, help="override trainer.max_epochs")
     parser.add_argument("--logger", choices=list(mx.LOGGERS), help="logger of every cell")
     parser.add_argument(
+        "--protocol",
+        choices=list(PROTOCOLS),
+        default=CLEAN,
+        help="protocol of every cell: clean (default: validation from the training side, no "
+        "captions of test images) or reference (the reference code's choices); the "
+        "leaderboard never puts two protocols in one column",
+    )
+    parser.add_argument(
         "--recipes",
         default=str(mx.DEFAULT_RECIPES),
         help="folder of <method>_<dataset>.yaml recipes ('none': always --method/--data)",
@@ -282,6 +300,7 @@ def benchmark_main(argv: Sequence[str]) -> int:
         extra_args=extra,
         max_epochs=args.max_epochs,
         logger=args.logger,
+        protocol=args.protocol,
     )
     methods = mx.resolve_names("method", args.methods)
     datasets = mx.resolve_names("data", args.data)

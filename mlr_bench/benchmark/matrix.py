@@ -14,6 +14,7 @@ import mlr_bench
 from mlr_bench import registry
 from mlr_bench.benchmark.probe import CLASS_PATH as PROBE
 from mlr_bench.errors import MLRBenchError
+from mlr_bench.protocol import CLEAN
 
 #: Reference recipes, ``<method>_<dataset>.yaml``, next to the package in a source checkout.
 DEFAULT_RECIPES = Path(mlr_bench.__file__).resolve().parent.parent / "configs" / "experiment"
@@ -49,6 +50,9 @@ class CellSettings:
     extra_args: Sequence[str] = ()
     max_epochs: int | None = None
     logger: str | None = None
+    #: The protocol of every cell (``--protocol``; recipes and args after ``--`` may differ:
+    #: each cell's results record the protocol it ran, and the leaderboard separates them).
+    protocol: str = CLEAN
     project: str = "mlr-bench"
     group: str = "benchmark"
 
@@ -145,6 +149,8 @@ def cell_args(cell: Cell, cell_dir: Path, settings: CellSettings) -> list[str]:
     if settings.max_epochs is not None:
         args += ["--trainer.max_epochs", str(settings.max_epochs)]
     args += logger_args(settings)
+    if settings.protocol != CLEAN:
+        args += ["--protocol", settings.protocol]
     args += [*QUIET, f"--trainer.callbacks+={PROBE}", *settings.extra_args]
     return args
 
@@ -198,6 +204,7 @@ def cell_settings(cell: Cell, settings: CellSettings) -> dict[str, Any]:
         "configs": [_file_entry(c) for c in settings.configs],
         "max_epochs": settings.max_epochs,
         "logger": settings.logger or "csv",  # csv is the default: the same cell
+        "protocol": settings.protocol,
         "extra_args": list(settings.extra_args),
     }
 
@@ -211,12 +218,14 @@ def comparable(stored: Mapping[str, Any]) -> dict[str, Any]:
     view = {k: stored.get(k) for k in SETTING_KEYS}
     view["recipe"] = content(view["recipe"])
     view["configs"] = [content(c) for c in view["configs"] or []]
+    if view["protocol"] in (None, CLEAN):  # cells stored before protocols ran clean
+        del view["protocol"]  # (and keep the fingerprints they were stored with)
     return view
 
 
 #: The settings a stored cell is compared on, in message order.
 SETTING_KEYS = ("method", "dataset", "seed", "recipe", "configs", "max_epochs", "logger")
-SETTING_KEYS += ("extra_args",)
+SETTING_KEYS += ("protocol", "extra_args")
 
 
 def fingerprint(stored: Mapping[str, Any]) -> str:
@@ -232,6 +241,8 @@ def _show(key: str, value: Any) -> str:
         return "[" + ", ".join(str(c.get("path")) for c in value or []) + "]"
     if key == "extra_args":
         return repr(" ".join(value or []))
+    if key == "protocol":
+        return value or CLEAN
     return "not set" if value is None else str(value)
 
 
@@ -240,12 +251,13 @@ def settings_diff(stored: Mapping[str, Any], now: Mapping[str, Any]) -> list[str
     old, new = comparable(stored), comparable(now)
     lines = []
     for key in SETTING_KEYS:
-        if old[key] == new[key]:
+        if old.get(key, CLEAN) == new.get(key, CLEAN):  # only "protocol" may be absent
             continue
         before, after = _show(key, stored.get(key)), _show(key, now.get(key))
         if before == after:  # same path, other content
             after += " (edited since)"
-        label = "--" + key.replace("_", "-") if key in ("max_epochs", "logger") else key
+        long_option = ("max_epochs", "logger", "protocol")
+        label = "--" + key.replace("_", "-") if key in long_option else key
         if key == "extra_args":
             label = "args after --"
         elif key == "configs":

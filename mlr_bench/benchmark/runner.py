@@ -299,6 +299,8 @@ def run_matrix(
                 if record is None:
                     record = failed_record(cell, cell_dir)
                     outcome.failed.append(cell.name)
+            if record.get("status") != "ok":  # a finished cell records the protocol it ran
+                record.setdefault("protocol", settings.protocol)
             outcome.records.append(record)
             bar.write(status_line(index, total, record))
             if record["status"] != "running":

@@ -171,7 +171,7 @@ class Evaluator(Callback):
         index, scores, targets = self.gather(stage, trainer.world_size)
         metrics = self._metrics(scores, targets)
         self._buffers[stage] = []
-        class_names = list(getattr(pl_module, "class_names", [])) or [
+        class_names = display_class_names(trainer, pl_module) or [
             str(i) for i in range(len(metrics.per_class_ap))
         ]
         per_class = _per_class(metrics, class_names)
@@ -215,6 +215,7 @@ class Evaluator(Callback):
             "method": _describe(pl_module),
             **weights_record(pl_module),  # "weights": random|pretrained, beside every number
             "data": _describe(datamodule),
+            "protocol": _protocol(datamodule),
             "seed": _seed(),
             "ckpt_path": str(Path(trainer.ckpt_path).resolve()) if trainer.ckpt_path else None,
             "world_size": trainer.world_size,
@@ -224,11 +225,30 @@ class Evaluator(Callback):
         }
 
 
+def display_class_names(trainer: Trainer, pl_module: LightningModule) -> list[str]:
+    """The dataset's class names for results and tables: the datamodule's when it has as many
+    as the model (the model holds the names it prompts with, which the reference protocol may
+    change, e.g. COCO "motor bike" for "motorcycle"), else the model's."""
+    model_names = list(getattr(pl_module, "class_names", []))
+    data_names = getattr(getattr(trainer, "datamodule", None), "class_names", None)
+    try:
+        data_names = list(data_names) if data_names is not None else None
+    except (NotImplementedError, TypeError):
+        data_names = None
+    return data_names if data_names and len(data_names) == len(model_names) else model_names
+
+
 def _wandb_loggers(trainer: Trainer) -> list[Any]:
     """The trainer's W&B loggers; the check imports no ``wandb`` (Lightning's class is lazy)."""
     from lightning.pytorch.loggers import WandbLogger
 
     return [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+
+
+def _protocol(datamodule: Any) -> dict[str, Any] | None:
+    """The datamodule's protocol record (None for a datamodule outside mlr-bench's base)."""
+    record = getattr(datamodule, "protocol_record", None)
+    return record() if callable(record) else None
 
 
 def _per_class(metrics: MultilabelMetrics, class_names: Sequence[str]) -> dict[str, float | None]:

@@ -8,7 +8,7 @@ import io
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from mlr_bench.eval.evaluator import gather_unique
+from mlr_bench.eval.evaluator import display_class_names, gather_unique
 from mlr_bench.runs import atomic_write_text, run_dir
 
 
@@ -37,7 +37,7 @@ class PredictionWriter(Callback):
         if trainer.is_global_zero:
             buffer = io.StringIO()
             writer = csv.writer(buffer)
-            writer.writerow(["index", *pl_module.class_names])
+            writer.writerow(["index", *display_class_names(trainer, pl_module)])
             for i, row in zip(index.tolist(), scores.tolist(), strict=True):
                 writer.writerow([i, *(f"{v:.6g}" for v in row)])
             atomic_write_text(path, buffer.getvalue())

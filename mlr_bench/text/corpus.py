@@ -14,6 +14,9 @@ from torch.utils.data import Dataset
 #: LLM-written sentences about requested label sets (CoMC, PVP).
 CAPTIONS = "captions"
 SENTENCES = "sentences"
+#: LLM sentences of a pre-training stage (PVP stage 1): the reference reads a separate, larger
+#: file than stage 2 (500k vs 200k sentences); datasets without one fall back to ``SENTENCES``.
+PRETRAIN_SENTENCES = "pretrain_sentences"
 
 
 @dataclass(frozen=True)
