@@ -12,6 +12,7 @@ which selects checkpoints on (a subset of) the test images and is therefore opti
 from __future__ import annotations
 
 import hashlib
+import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -362,7 +363,35 @@ class OfficialDataModule(MLRDataModule):
                 f"--captions <the captions file> --data {name} --out <root>`, then pass the "
                 "output folder it creates (<root>/<generator>-<hash>) as --data.generated_dir"
             )
-        return Path(self.generated_dir).expanduser()
+        folder = Path(self.generated_dir).expanduser()
+        self._check_generated_captions(folder)
+        return folder
+
+    def _check_generated_captions(self, folder: Path) -> None:
+        """Refuse images generated from captions of test images under ``drop_test_captions``
+        (their settings.json says so, see ``mlr-bench generate --protocol``); warn when a
+        folder cannot tell. Only datasets whose caption corpus describes test images ask."""
+        if type(self).test_caption_ids is OfficialDataModule.test_caption_ids:
+            return
+        try:
+            record = json.loads((folder / "settings.json").read_text()).get("captions") or {}
+        except (OSError, ValueError, AttributeError):
+            return  # the generated-data reader reports a broken folder in its own words
+        kept = record.get("test_captions")
+        if kept == "kept" and self.drop_test_captions:
+            raise GeneratedDataError(
+                f"{folder}: generated from captions that include those of test images "
+                f"(settings.json: {record}); the {self.protocol} protocol drops them. Generate "
+                "again with `mlr-bench generate ... --test-annotations <coco>/annotations/"
+                "instances_val2014.json`, or run with --protocol reference (or "
+                "--data.drop_test_captions false)"
+            )
+        if kept is None and self.drop_test_captions:
+            rank_zero_warn(
+                f"{folder}: its settings.json does not say whether captions of test images were "
+                "dropped before generating (older mlr-bench, or a JSON-lines caption file): "
+                "make sure they were, or the method trains on images of test-image captions"
+            )
 
     # ---- what subclasses provide -----------------------------------------------------------
     def _read_test(self) -> Split:

@@ -205,7 +205,8 @@ class World(MLRDataModule):
         context = self.text_context_length()
         key = (source, context)
         if key not in self._cut_corpora:
-            parsed = source not in (SENTENCES, PRETRAIN_SENTENCES)  # requested labels (CoMC) are not parsed from text
+            # requested labels (CoMC) are not parsed from text
+            parsed = source not in (SENTENCES, PRETRAIN_SENTENCES)
             self._cut_corpora[key] = cut_to_context(
                 corpora[source](), self.labeler, context, parsed
             )

@@ -308,3 +308,43 @@ def test_cli_generate_from_coco_captions(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         run_cli(base)
     assert exc.value.code == 2 and "needs --data" in capsys.readouterr().err
+
+
+def test_cli_generate_for_coco_drops_test_image_captions_under_the_clean_protocol(tmp_path, capsys):
+    """captions_train2017 describes COCO's val2014 test images under their image ids: the
+    clean protocol drops them (and needs the test annotations to know which), the reference
+    protocol keeps them; each folder says which in settings.json, and COCO training under the
+    clean protocol refuses a folder generated from test-image captions."""
+    from test_real_datamodules import write_coco
+
+    from mlr_bench.datamodules.coco2014 import COCO2014
+    from mlr_bench.generated_data import GeneratedDataError
+
+    root = write_coco(tmp_path)  # test image ids 1000..1022
+    coco = tmp_path / "captions_train2017.json"
+    annotations = [
+        {"id": 1, "image_id": 1000, "caption": "A dog by a cat."},  # a test image
+        {"id": 2, "image_id": 5000, "caption": "A cat on a mat."},  # a training image
+    ]
+    coco.write_text(json.dumps({"annotations": annotations}))
+    base = ["generate", "--generator", "world", "--captions", str(coco), "--data", "coco2014"]
+    base += ["--out", str(tmp_path / "gen"), "--size", "32", "--no-progress"]
+    with pytest.raises(SystemExit) as exc:
+        run_cli(base)
+    assert exc.value.code == 2 and "--test-annotations" in capsys.readouterr().err
+    test_json = root / "annotations" / "instances_val2014.json"
+    run_cli([*base, "--test-annotations", str(test_json)])
+    captured = capsys.readouterr()
+    clean = Path(captured.out.strip().splitlines()[-1])
+    assert "captions of the 23 test images dropped" in captured.err
+    assert [im.caption_id for im in read_manifest(clean)] == ["2"]
+    run_cli([*base, "--protocol", "reference"])
+    kept = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert kept != clean and [im.caption_id for im in read_manifest(kept)] == ["1", "2"]
+    settings = json.loads((kept / "settings.json").read_text())
+    assert settings["captions"]["test_captions"] == "kept"
+
+    assert COCO2014(str(root), generated_dir=str(clean)).generated_folder() == clean
+    with pytest.raises(GeneratedDataError, match="captions that include those of test images"):
+        COCO2014(str(root), generated_dir=str(kept)).generated_folder()
+    assert COCO2014(str(root), generated_dir=str(kept), protocol="reference").generated_folder()

@@ -110,21 +110,29 @@ def check_image_format(image_format: str) -> str:
     return fmt
 
 
-def folder_identity(generator: TextToImage, images_per_caption: int) -> dict[str, Any]:
-    """What ``settings.json`` holds and the folder hash covers."""
-    return {
+def folder_identity(
+    generator: TextToImage, images_per_caption: int, captions: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What ``settings.json`` holds and the folder hash covers. ``captions`` says which
+    captions of a dataset's test images were left out (COCO under the clean protocol): a
+    folder generated from them is another folder."""
+    identity = {
         "generator": generator.id,
         "settings": generator.settings(),
         "images_per_caption": int(images_per_caption),
         "format_version": FORMAT_VERSION,
     }
+    return identity | ({"captions": captions} if captions else {})
 
 
 def output_folder(
-    generator: TextToImage, out_root: str | Path, images_per_caption: int = 1
+    generator: TextToImage,
+    out_root: str | Path,
+    images_per_caption: int = 1,
+    captions: dict[str, Any] | None = None,
 ) -> Path:
-    """``<out_root>/<slug>-<hash of (generator id, settings, images_per_caption)>``."""
-    identity = folder_identity(generator, images_per_caption)
+    """``<out_root>/<slug>-<hash of (generator id, settings, images_per_caption, captions)>``."""
+    identity = folder_identity(generator, images_per_caption, captions)
     text = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", generator.id).strip("-.")[:60] or "generator"

@@ -63,6 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="COCO json: keep each image's lowest-id caption (TaI-DPT)",
     )
+    p.add_argument(
+        "--protocol",
+        choices=("clean", "reference"),
+        default="clean",
+        help="clean (default): a COCO captions json with --data coco2014 drops the captions of "
+        "test images (give --test-annotations); reference: keeps them, as the reference code",
+    )
+    p.add_argument(
+        "--test-annotations",
+        metavar="FILE",
+        help="COCO instances_val2014.json: its image ids are the test images whose captions "
+        "the clean protocol drops",
+    )
     p.add_argument("--rank", type=int, help="this shard (default: RANK or torch.distributed)")
     p.add_argument("--world-size", type=int, help="number of shards (default: WORLD_SIZE)")
     p.add_argument("--no-progress", action="store_true")
@@ -105,8 +118,14 @@ def read_caption_jsonl(path: Path) -> list[CaptionItem]:
     return items
 
 
-def read_coco_caption_items(path: Path, data: str | None, one_per_image: bool) -> list[CaptionItem]:
-    """COCO captions labelled with ``data``'s synonyms; captions naming no class are dropped.
+def read_coco_caption_items(
+    path: Path,
+    data: str | None,
+    one_per_image: bool,
+    exclude_image_ids: frozenset[int] = frozenset(),
+) -> list[CaptionItem]:
+    """COCO captions labelled with ``data``'s synonyms; captions naming no class are dropped,
+    and so are those of ``exclude_image_ids`` (test images, under the clean protocol).
 
     Stable Diffusion's CLIP text encoder reads 77 tokens: a caption is cut to them before it is
     labelled, so that no label names something the image was never asked to show.
@@ -134,6 +153,8 @@ def read_coco_caption_items(path: Path, data: str | None, one_per_image: bool) -
             )
         records.append((ann["id"], ann.get("image_id"), truncate(ann["caption"].strip())))
     records.sort(key=lambda r: r[0])
+    if exclude_image_ids:
+        records = [r for r in records if r[1] not in exclude_image_ids]
     if one_per_image:
         seen: set = set()
         records = [r for r in records if not (r[1] in seen or seen.add(r[1]))]
@@ -155,7 +176,44 @@ def world_caption_items(num_captions: int) -> list[CaptionItem]:
     return caption_items(World(num_captions=num_captions).caption_corpus, CLASS_NAMES)
 
 
-def load_captions(args: argparse.Namespace) -> list[CaptionItem]:
+def test_image_ids(args: argparse.Namespace) -> frozenset[int] | None:
+    """Ids of the test images whose captions the clean protocol drops (None: nothing to drop,
+    the captions describe other images than the dataset's test images, or reference protocol).
+    COCO keeps an image's id across releases, so val2014 ids are caption ids' image ids."""
+    if args.data != "coco2014" or args.protocol != "clean":
+        return None
+    if not args.test_annotations:
+        raise GenerationError(
+            "--data coco2014 under the clean protocol drops the captions of test images "
+            "(captions_train2017.json describes 35,504 of the 40,504 val2014 test images): give "
+            "--test-annotations <coco>/annotations/instances_val2014.json, or --protocol "
+            "reference to keep them as the reference code does"
+        )
+    from mlr_bench.text.sources import read_json_file
+
+    path = Path(args.test_annotations).expanduser()
+    fmt = 'a COCO instances json {"images": [{"id": int, ...}, ...]}'
+    if not path.is_file():
+        raise CaptionFileError(f"{path}: no such file; expected {fmt}")
+    document = read_json_file(path, fmt)
+    images = document.get("images") if isinstance(document, dict) else None
+    if not isinstance(images, list) or not all(
+        isinstance(i, dict) and isinstance(i.get("id"), int) for i in images
+    ):
+        raise CaptionFileError(f'{path}: no "images" list with integer "id"s; expected {fmt}')
+    return frozenset(i["id"] for i in images)
+
+
+def captions_record(args: argparse.Namespace, excluded: frozenset[int] | None) -> dict | None:
+    """What settings.json says about test-image captions (None: not a question here)."""
+    if args.data != "coco2014" or args.captions is None:
+        return None
+    if excluded is None:
+        return {"test_captions": "kept", "protocol": args.protocol}
+    return {"test_captions": "dropped", "protocol": args.protocol, "test_images": len(excluded)}
+
+
+def load_captions(args: argparse.Namespace, excluded: frozenset[int] | None = None) -> list:
     if args.captions is None:
         if args.data != "world":
             raise GenerationError("give --captions FILE, or --data world for the world's captions")
@@ -167,7 +225,9 @@ def load_captions(args: argparse.Namespace) -> list[CaptionItem]:
                 f"{path}: no such file; expected .jsonl ({JSONL_FORMAT}) or .json ({COCO_FORMAT})"
             )
         if path.suffix.lower() == ".json":
-            items = read_coco_caption_items(path, args.data, args.one_per_image)
+            items = read_coco_caption_items(
+                path, args.data, args.one_per_image, excluded or frozenset()
+            )
         else:
             items = read_caption_jsonl(path)
     if not items:
@@ -206,8 +266,15 @@ def generate_main(argv: list[str]) -> int:
 
     args = build_parser().parse_args(argv)
     try:
+        excluded = test_image_ids(args) if args.captions else None
         generator = make_generator(args)
-        items = load_captions(args)
+        items = load_captions(args, excluded)
+        if excluded is not None:
+            print(
+                f"{PROG}: captions of the {len(excluded):,} test images dropped (clean "
+                "protocol; --protocol reference keeps them)",
+                file=sys.stderr,
+            )
         folder = generate_images(
             generator,
             items,
@@ -217,6 +284,7 @@ def generate_main(argv: list[str]) -> int:
             rank=args.rank,
             world_size=args.world_size,
             progress=not args.no_progress,
+            captions_record=captions_record(args, excluded),
         )
     except MLRBenchError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

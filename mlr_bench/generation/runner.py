@@ -16,6 +16,7 @@ import os
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from mlr_bench.generation.base import (
     CaptionItem,
@@ -191,8 +192,12 @@ def generate_images(
     rank: int | None = 0,
     world_size: int | None = 1,
     progress: bool = True,
+    captions_record: dict[str, Any] | None = None,
 ) -> Path:
     """Generate ``images_per_caption`` images per caption into the generator's output folder.
+
+    ``captions_record`` (recorded in settings.json, part of the folder hash) says whether the
+    captions of the dataset's test images were dropped (see ``mlr-bench generate --protocol``).
 
     Resumable (finished images are skipped, a torn manifest line and stray temp files are
     cleaned up) and sharded (this call does the batches ``b`` with ``b % world_size == rank``;
@@ -205,9 +210,9 @@ def generate_images(
         world_size = detected[1] if world_size is None else world_size
     captions = list(captions)
     _check_request(captions, images_per_caption, batch_size, rank, world_size)
-    folder = output_folder(generator, out_root, images_per_caption)
+    folder = output_folder(generator, out_root, images_per_caption, captions_record)
     (folder / "images").mkdir(parents=True, exist_ok=True)
-    _write_settings(folder, folder_identity(generator, images_per_caption))
+    _write_settings(folder, folder_identity(generator, images_per_caption, captions_record))
 
     jobs: list[Job] = [(i, k) for i in range(len(captions)) for k in range(images_per_caption)]
     batches = [jobs[s : s + batch_size] for s in range(0, len(jobs), batch_size)]
