@@ -11,10 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from mlr_bench.benchmark.reference import ReferenceTable, Reported
+from mlr_bench.benchmark.reference import CellSetting, ReferenceTable, Reported, cell_setting
+from mlr_bench.protocol import CLEAN
 from mlr_bench.provenance import PRETRAINED, RANDOM, UNKNOWN
 
-ID_COLUMNS = ["method", "dataset", "backbone", "weights", "seed", "status"]
+ID_COLUMNS = ["method", "dataset", "protocol", "backbone", "weights", "seed", "status"]
 HEADLINE_METRICS = ["mAP", "CF1", "OF1"]
 COST_COLUMNS = ["train_time_s", "eval_time_s", "peak_memory_mb", "memory"]
 TAIL_COLUMNS = ["run_dir", "error"]
@@ -53,6 +54,26 @@ def rows_to_csv(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+# ---- protocols: one column each ----------------------------------------------------------------
+def protocol_column(record: dict[str, Any]) -> str:
+    """The leaderboard column of a record: its dataset, qualified by its protocol unless that
+    is ``clean`` (``voc2007 [reference]``), so two protocols never share a column. Records
+    from before protocols existed ran clean."""
+    label = record.get("protocol") or CLEAN
+    dataset = str(record.get("dataset"))
+    return dataset if label == CLEAN else f"{dataset} [{label}]"
+
+
+def by_protocol(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``records`` with ``dataset`` replaced by :func:`protocol_column`."""
+    return [{**r, "dataset": protocol_column(r)} if r.get("dataset") else r for r in records]
+
+
+def column_dataset(column: str) -> str:
+    """The dataset of a leaderboard column (``voc2007 [reference]`` -> ``voc2007``)."""
+    return column.split(" [", 1)[0]
+
+
 # ---- aggregation ------------------------------------------------------------------------------
 @dataclass
 class Summary:
@@ -67,6 +88,9 @@ class Summary:
     per_class_ap: dict[str, float | None]  # mean over seeds; None: no positives
     #: Provenance of CLIP's weights over the seeds (``random``, ``pretrained``, ``unknown``).
     weights: list[str] = field(default_factory=list)
+    #: What each seed ran with (resolution, crop, test images, method arguments), matched
+    #: against the setting of a published number.
+    settings: list[CellSetting] = field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -103,8 +127,9 @@ def summarise(records: Sequence[dict[str, Any]]) -> list[Summary]:
         backbones = sorted({str(r.get("backbone")) for r in group})
         weights = sorted({str(r.get("weights") or UNKNOWN) for r in group})
         seeds = [int(r["seed"]) for r in group]
+        settings = [cell_setting(r) for r in group]
         out.append(
-            Summary(method, dataset, backbones, seeds, mean, std, per_class, weights=weights)
+            Summary(method, dataset, backbones, seeds, mean, std, per_class, weights, settings)
         )
     return out
 
@@ -122,21 +147,38 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
+def _mismatches(summary: Summary, ref: Reported) -> list[str]:
+    """Why ``ref`` may not sit beside the cell (empty: it may), over all of its seeds."""
+    if summary.backbones != [ref.backbone]:
+        return [f"run with {', '.join(summary.backbones)}, reported for {ref.backbone}"]
+    why: list[str] = []
+    for setting in summary.settings:
+        why += [w for w in ref.mismatches(setting) if w not in why]
+    return why
+
+
 def _comparable(summary: Summary | None, ref: Reported) -> bool:
-    """A published number sits beside a cell only when every seed of the cell ran the
-    backbone it was reported for with pretrained weights (random weights: never)."""
-    return (
-        summary is not None
-        and summary.weights == [PRETRAINED]
-        and summary.backbones == [ref.backbone]
-    )
+    """A published number sits beside a cell only when every seed of the cell ran with
+    pretrained weights (random weights: never) in the number's setting: the same backbone, and
+    the same test resolution, crop, number of test images and protocol arguments wherever both
+    the source and the cell's results say (:meth:`Reported.mismatches`)."""
+    return summary is not None and summary.weights == [PRETRAINED] and not _mismatches(summary, ref)
 
 
-def _why_left_out(summary: Summary, refs: Sequence[Reported]) -> str:
+def _why_left_out(summary: Summary, refs: Sequence[Reported], shown: Sequence[Reported]) -> str:
+    """Why published numbers of the cell were left out ('' when none worth saying was)."""
     if summary.random_weights:
-        return "run with random weights"
+        return "run with random weights" if not shown else ""
     if summary.weights != [PRETRAINED]:
-        return "weights not recorded (older mlr-bench)"
+        return "weights not recorded (older mlr-bench)" if not shown else ""
+    same = [r for r in refs if summary.backbones == [r.backbone] and r not in shown]
+    if same:  # the backbone matches, another part of the setting does not
+        return "; ".join(
+            f"{r.mAP:.2f} from {r.source}, {r.where}: {', '.join(_mismatches(summary, r))}"
+            for r in same
+        )
+    if shown:
+        return ""
     reported = ", ".join(sorted({r.backbone for r in refs}))
     return f"run with {', '.join(summary.backbones)}, reported for {reported}"
 
@@ -147,16 +189,17 @@ def _reported_for(
     methods: Sequence[str],
     datasets: Sequence[str],
 ) -> tuple[dict[tuple[str, str], list[Reported]], list[str]]:
-    """Verified published numbers that may sit beside each cell, and the cells whose
-    published numbers were all left out, with why."""
+    """Verified published numbers that may sit beside each cell, and the cells some of whose
+    published numbers were left out, with why."""
     shown: dict[tuple[str, str], list[Reported]] = {}
     left_out = []
     for cell in [(m, d) for m in methods for d in datasets]:
         refs = [r for r in reference.for_cell(*cell) if r.verified] if reference else []
         summary = summaries.get(cell)
         shown[cell] = [r for r in refs if _comparable(summary, r)]
-        if summary is not None and refs and not shown[cell]:
-            left_out.append(f"- {cell[0]} on {cell[1]}: {_why_left_out(summary, refs)}")
+        why = _why_left_out(summary, refs, shown[cell]) if summary and refs else ""
+        if why:
+            left_out.append(f"- {cell[0]} on {cell[1]}: {why}")
     return shown, left_out
 
 
@@ -244,12 +287,25 @@ def leaderboard_markdown(
             if len(variants) > 1 or mixed_groups
             else []
         ),
-        f"Test mAP (%) of the checkpoint selected on **val** (never test), mean ± std over "
-        f"seeds {seed_text} (population std). **Bold**: best per dataset. Columns marked "
+        f"Test mAP (%) of the checkpoint selected on **val** (clean protocol: never test), "
+        f"mean ± std over seeds {seed_text} (population std). **Bold**: best per column. "
+        "Columns marked "
         "*(reported)* are published numbers, **not run here**, shown only beside cells run "
-        "with pretrained weights of the backbone they were reported for; sources and settings "
-        "below.",
+        "with pretrained weights in the setting they were reported in (backbone; test "
+        "resolution, crop, number of test images and protocol arguments where the source "
+        "states them); sources and settings below.",
         "",
+        *(
+            [
+                "**Protocols:** columns marked *[reference]* ran the reference protocol: "
+                "validation carved from the test set (checkpoints selected on test images, "
+                "optimistic), captions of test images kept in the training text, the reference "
+                "code's class names in prompts. Unmarked columns ran the clean protocol.",
+                "",
+            ]
+            if any(column_dataset(d) != d for d in datasets)
+            else []
+        ),
         *(
             [
                 f"**Random weights:** cells marked *{RANDOM_LABEL}* ran CLIP with a random "
@@ -273,22 +329,33 @@ def leaderboard_markdown(
     if notes:
         lines += ["", "## Reported numbers (not run here)", ""]
         for i, ref in enumerate(notes, start=1):
-            setting = f", {ref.setting}" if ref.setting else ""
             source = reference.sources[ref.source] if reference else ref.source
-            lines.append(f"{i}. {ref.backbone}{setting} [{ref.status}]: {source}")
+            lines.append(f"{i}. {ref.origin()} [{ref.status}]: {source}. Setting: {ref.setting}")
+        unread = [
+            f"{m} on {d}"
+            for (m, d), refs in reported.items()
+            if refs and any(not s.known for s in summaries[(m, d)].settings)
+        ]
+        if unread:
+            lines += [
+                "",
+                "Matched on backbone and weights only (no readable results file, so test "
+                f"resolution, test images and arguments unknown): {', '.join(unread)}.",
+            ]
     if left_out:
         lines += [
             "",
             "Reported numbers left out: a published number is shown only beside a cell run "
-            "with pretrained weights of the backbone it was reported for.",
+            "with pretrained weights in its setting (backbone; test resolution, crop, number "
+            "of test images and protocol arguments where stated).",
             *left_out,
         ]
     unverified = _unverified(reference, methods, datasets)
     if unverified:
         lines += ["", "Unverified (quoted second-hand, not confirmed from the paper; not shown):"]
         lines += [
-            f"- {r.method} on {r.dataset} ({r.backbone}): {r.mAP:.2f}, "
-            f"{reference.sources[r.source] if reference else r.source}"
+            f"- {r.method} on {r.dataset} ({r.backbone}): {r.mAP:.2f}, {r.origin()}: "
+            f"{reference.sources[r.source] if reference else r.source}. Setting: {r.setting}"
             for r in unverified
         ]
     if reference and (notes or unverified):
