@@ -212,10 +212,12 @@ def test_train_and_test_with_wandb_offline(wandb_offline: Path) -> None:
     assert (run.name, run.job_type, run.project) == ("comc-world-world-s0", "train", "mlr-bench")
 
     # flat keys for filtering, then the full resolved CLI config
-    flat = {k: run.config[k] for k in ("method", "dataset", "backbone", "seed", "text_source")}
+    keys = ("method", "dataset", "protocol", "backbone", "seed", "text_source")
+    flat = {k: run.config[k] for k in keys}
     assert flat == {
         "method": "comc",
         "dataset": "world",
+        "protocol": "clean",
         "backbone": "world",
         "seed": 0,
         "text_source": "sentences",
