@@ -1,10 +1,14 @@
 """LLM-written training sentences for text-only multi-label training (CoMC and PVP recipes).
 
-Each request asks a local ``transformers`` causal LM for one short sentence about a random set of
-class names. Requests are a pure function of ``(seed, index)``, so a resumed run, a run with
-another batch size, or a re-run on another machine asks for exactly the same things. The output is
-JSONL, one line per request in index order, flushed after every batch; a re-run continues after
-the last complete line.
+Each request asks a local ``transformers`` causal LM for sentences about a set of class names:
+one sentence about a random set (``sampling="random"``, CoMC's recipe), or, as PVP's reference
+does, several numbered sentences about each combination of 1-3 classes in turn
+(``sampling="combinations"``, see ``pvp_corpus``). Requests are a pure function of
+``(seed, index)``, so a resumed run, a run with another batch size, or a re-run on another
+machine asks for exactly the same things. The output is JSONL, one line per request in index
+order, flushed after every batch; a re-run continues after the last complete line. A ``.txt``
+output is the filtered, cleaned corpus (one sentence per line, what PVP trains on), rebuilt from
+the JSONL kept beside it whenever the run completes.
 
 Decoding is sampling with a per-request seed by default (Gumbel-max on the tempered, top-p
 filtered logits, with noise from a generator seeded by ``(seed, index)``), so a sentence does not
@@ -18,8 +22,8 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +31,10 @@ import numpy as np
 import torch
 
 from mlr_bench.errors import MLRBenchError
+from mlr_bench.text import pvp_corpus as pc
 
 PROG = "mlr-bench captions"
+SAMPLINGS = ("random", "combinations")
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json")
 
 
@@ -43,11 +49,22 @@ class LLMNotFoundError(MLRBenchError):
 
 
 @dataclass(frozen=True)
+class Decoding:
+    """Decoding settings; ``temperature <= 0`` means greedy."""
+
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+
+
+@dataclass(frozen=True)
 class Recipe:
-    """How one method asked its LLM for sentences: label-set size, prompt, decoding defaults.
+    """How one method asked its LLM for sentences: label-set size, prompts, decoding defaults.
 
     ``labels_from_request``: CoMC trains on the requested set as labels; PVP parses labels from
-    the sentence later, so its lines carry only ``requested``.
+    the sentence later, so its lines carry only ``requested``. ``template`` asks for one
+    sentence; ``many_template`` (when the method had one) for ``{count}`` numbered sentences,
+    decoded with ``many_decoding`` whose ``max_new_tokens`` is per sentence asked.
     """
 
     name: str
@@ -55,23 +72,31 @@ class Recipe:
     max_labels: int
     template: str
     quote_names: bool
-    max_new_tokens: int
-    temperature: float
-    top_p: float
+    decoding: Decoding
     labels_from_request: bool
+    sampling: str = "random"
+    many_template: str | None = None
+    many_decoding: Decoding | None = None
+    many_per_prompt: int = 1
 
-    def render(self, names: Sequence[str]) -> str:
+    def render(self, names: Sequence[str], per_prompt: int = 1) -> str:
         """The user prompt for a list of class names (underscores read as spaces)."""
-        names = [n.replace("_", " ") for n in names]
+        names = [n.replace("_", " ").strip() for n in names]
+        if per_prompt > 1 and self.many_template is not None:
+            # the reference's listing, verbatim in shape: 'a,'b,'c' (generate1.py)
+            return self.many_template.format(count=per_prompt, names="'" + ",'".join(names) + "'")
         listed = ",".join(f"'{n}'" for n in names) if self.quote_names else ", ".join(names)
         return self.template.format(names=listed)
 
 
 #: CoMC (generate_descriptions.py): k ~ U{1..5}, GPT-3.5 with max_tokens=40 and API defaults
 #: (temperature 1, top_p 1). Labels are the requested set.
-#: PVP (data_gen/generate1.py): 1-3 key words, ChatGLM-6B chat defaults (temperature 0.95,
-#: top_p 0.7). The original asks for 5 numbered sentences per prompt; we write one line per
-#: request, so the prompt asks for one sentence and otherwise keeps the original wording.
+#: PVP (pvp_pretrain/data_gen/generate1.py): every combination of 1-3 class names, 5 numbered
+#: sentences per prompt, ChatGLM-6B's ``model.generate(max_length=256)`` on the raw prompt with
+#: no sampling arguments (so greedy under the checkpoint's defaults; prompt + answer <= 256
+#: tokens, hence 40 new tokens per sentence asked here).
+#: ``sampling="random"`` keeps the earlier one-sentence variant: random 1-3 classes per request
+#: and ChatGLM-6B's chat defaults (temperature 0.95, top_p 0.7).
 RECIPES: dict[str, Recipe] = {
     "comc": Recipe(
         name="comc",
@@ -79,9 +104,7 @@ RECIPES: dict[str, Recipe] = {
         max_labels=5,
         template="Please make a brief sentence to describe a photo that contains {names}.",
         quote_names=False,
-        max_new_tokens=40,
-        temperature=1.0,
-        top_p=1.0,
+        decoding=Decoding(max_new_tokens=40, temperature=1.0, top_p=1.0),
         labels_from_request=True,
     ),
     "pvp": Recipe(
@@ -94,12 +117,75 @@ RECIPES: dict[str, Recipe] = {
             "15 words and include key words:{names}!"
         ),
         quote_names=True,
-        max_new_tokens=30,
-        temperature=0.95,
-        top_p=0.7,
+        decoding=Decoding(max_new_tokens=30, temperature=0.95, top_p=0.7),
         labels_from_request=False,
+        sampling="combinations",
+        many_template=(
+            "Make an English short sentence to describe a photo as simple as possible! "
+            "Requirements: Generate {count} short English sentences! Each sentence should less "
+            "than 15 words and include key words:{names}!\n"
+        ),
+        many_decoding=Decoding(max_new_tokens=40, temperature=0.0, top_p=0.7),
+        many_per_prompt=5,
     ),
 }
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The requests of one run: a recipe, how label sets are chosen, sentences per prompt."""
+
+    recipe: Recipe
+    sampling: str
+    min_labels: int
+    max_labels: int
+    per_prompt: int
+
+    def total(self, n_classes: int) -> int | None:
+        """Number of distinct prompts (combinations), or None when they are drawn at random."""
+        if self.sampling != "combinations":
+            return None
+        return pc.count_combinations(n_classes, self.min_labels, self.max_labels)
+
+    def decoding(
+        self, max_new_tokens: int | None, temperature: float | None, top_p: float | None
+    ) -> Decoding:
+        """The recipe's decoding for this many sentences per prompt, with overrides."""
+        many = self.per_prompt > 1 and self.recipe.many_decoding is not None
+        base = self.recipe.many_decoding if many else self.recipe.decoding
+        assert base is not None
+        tokens = base.max_new_tokens * (self.per_prompt if many else 1)
+        return Decoding(
+            tokens if max_new_tokens is None else max_new_tokens,
+            base.temperature if temperature is None else temperature,
+            base.top_p if top_p is None else top_p,
+        )
+
+
+def make_plan(
+    recipe: str,
+    sampling: str | None = None,
+    num_labels: tuple[int, int] | None = None,
+    per_prompt: int | None = None,
+) -> Plan:
+    """A checked ``Plan``; ``None`` settings take the recipe's defaults."""
+    spec = _recipe(recipe)
+    sampling = spec.sampling if sampling is None else sampling
+    if sampling not in SAMPLINGS:
+        raise MLRBenchError(f"unknown sampling '{sampling}'; choose one of {', '.join(SAMPLINGS)}")
+    low, high = (spec.min_labels, spec.max_labels) if num_labels is None else num_labels
+    if not 1 <= low <= high:
+        raise MLRBenchError(f"label-set sizes {low}-{high}: expected 1 <= MIN <= MAX")
+    if per_prompt is None:
+        per_prompt = spec.many_per_prompt if sampling == "combinations" else 1
+    if per_prompt < 1:
+        raise MLRBenchError(f"--per-prompt {per_prompt}: expected at least 1 sentence")
+    if per_prompt > 1 and spec.many_template is None:
+        raise MLRBenchError(
+            f"--per-prompt {per_prompt}: recipe '{spec.name}' asks for one sentence per prompt "
+            "(only pvp has a several-sentence prompt)"
+        )
+    return Plan(spec, sampling, low, high, per_prompt)
 
 
 @dataclass(frozen=True)
@@ -112,25 +198,41 @@ class Request:
     noise_seed: int
 
 
-def make_request(recipe: Recipe, class_names: Sequence[str], seed: int, index: int) -> Request:
-    """Request ``index``: depends only on ``(seed, index)``, never on batching or resumption."""
+def make_request(plan: Plan, class_names: Sequence[str], seed: int, index: int) -> Request:
+    """Request ``index``: depends only on ``(seed, index)``, never on batching or resumption.
+
+    Random sampling draws the set from the ``(seed, index)`` generator; combinations take the
+    ``index``-th set of the reference's enumeration. Either way the sampling noise seed is the
+    generator's next draw.
+    """
     rng = np.random.default_rng([seed, index])
-    high = min(recipe.max_labels, len(class_names))
-    k = int(rng.integers(min(recipe.min_labels, high), high + 1))
-    picked = [class_names[int(c)] for c in rng.choice(len(class_names), size=k, replace=False)]
+    if plan.sampling == "combinations":
+        chosen = pc.combination_at(len(class_names), plan.min_labels, plan.max_labels, index)
+        picked = [class_names[c] for c in chosen]
+    else:
+        high = min(plan.max_labels, len(class_names))
+        k = int(rng.integers(min(plan.min_labels, high), high + 1))
+        picked = [class_names[int(c)] for c in rng.choice(len(class_names), size=k, replace=False)]
     noise_seed = int(rng.integers(2**62))
-    return Request(index, picked, recipe.render(picked), noise_seed)
+    return Request(index, picked, plan.recipe.render(picked, plan.per_prompt), noise_seed)
 
 
-def record(recipe: Recipe, request: Request, description: str) -> dict[str, Any]:
-    """The JSONL row for one finished request."""
+def record(plan: Plan, request: Request, completion: str) -> dict[str, Any]:
+    """The JSONL row for one finished request.
+
+    One sentence per prompt: its cleaned ``description``. Several: the raw ``completion``, whose
+    numbered lines become sentences when the corpus is built (so filters can change later).
+    """
     row: dict[str, Any] = {"index": request.index}
-    if recipe.labels_from_request:
+    if plan.recipe.labels_from_request:
         row["labels"] = request.requested
     row["requested"] = request.requested
-    row["description"] = description
+    if plan.per_prompt > 1:
+        row["completion"] = completion
+    else:
+        row["description"] = clean_output(completion)
     row["prompt"] = request.prompt
-    row["recipe"] = recipe.name
+    row["recipe"] = plan.recipe.name
     return row
 
 
@@ -146,17 +248,20 @@ def _parse_line(line: bytes, index: int) -> dict[str, Any] | None:
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
     ok = isinstance(row, dict) and row.get("index") == index
-    return row if ok and isinstance(row.get("description"), str) else None
+    text = (row.get("description"), row.get("completion")) if ok else ()
+    return row if any(isinstance(t, str) for t in text) else None
 
 
 def _check_same_settings(path: Path, row: dict[str, Any], expected: dict[str, Any]) -> None:
-    """Refuse to extend a file written with another seed, recipe or class list."""
+    """Refuse to extend a file written with another seed, recipe, sampling or class list."""
     keys = ("requested", "prompt", "recipe")
     if any(row.get(k) != expected[k] for k in keys):
         raise MLRBenchError(
-            f"'{path}' line {row['index'] + 1} was written with other settings (seed, recipe or "
-            f"classes): it asked {row.get('prompt')!r}, this run asks {expected['prompt']!r}; "
-            "delete the file or pass another --out"
+            f"'{path}' line {row['index'] + 1} was written with other settings (seed, recipe, "
+            "--sampling, --num-labels, --per-prompt or classes): it asked "
+            f"{row.get('prompt')!r} about {row.get('requested')}, this run asks "
+            f"{expected['prompt']!r} about {expected['requested']}; delete the file or pass "
+            "another --out"
         )
 
 
@@ -286,15 +391,6 @@ def _top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
     return scores.masked_fill(drop, float("-inf"))
 
 
-@dataclass(frozen=True)
-class Decoding:
-    """Decoding settings; ``temperature <= 0`` means greedy."""
-
-    max_new_tokens: int
-    temperature: float
-    top_p: float
-
-
 def generate_batch(
     tokenizer: Any, model: Any, requests: Sequence[Request], decoding: Decoding
 ) -> list[str]:
@@ -339,11 +435,22 @@ def clean_output(text: str) -> str:
 # --- the run --------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class CorpusOptions:
+    """How a ``.txt`` output is made from the requests: filters, then cleaning steps.
+
+    The defaults are PVP's (``get_train_data.py``, ``wash_data.py``); see ``pvp_corpus``.
+    """
+
+    rules: pc.FilterRules = field(default_factory=pc.FilterRules)
+    clean: tuple[str, ...] = pc.CLEAN_STEPS
+
+
 def generate_sentences(
     model_dir: str | os.PathLike,
     class_names: Sequence[str],
     recipe: str,
-    n: int,
+    n: int | None,
     out_path: str | os.PathLike,
     batch_size: int = 16,
     seed: int = 0,
@@ -352,40 +459,107 @@ def generate_sentences(
     top_p: float | None = None,
     device: str = "cpu",
     progress: bool = True,
+    sampling: str | None = None,
+    num_labels: tuple[int, int] | None = None,
+    per_prompt: int | None = None,
+    corpus: CorpusOptions | None = None,
 ) -> Path:
-    """Write (or finish) ``n`` LLM sentences as JSONL at ``out_path``; returns the path.
+    """Write (or finish) ``n`` requests as JSONL at ``out_path``; returns the path.
 
-    ``None`` settings take the recipe's defaults. Raises ``LLMNotFoundError`` (an
-    ``MLRBenchError``) without a usable local model, and ``MLRBenchError`` for bad input or an
-    existing file written with other settings.
+    ``None`` settings take the recipe's defaults; ``n=None`` asks every combination. When
+    ``out_path`` ends in ``.txt`` the requests go to the same name with ``.jsonl`` and, once all
+    are done, the filtered, cleaned corpus (``corpus``) is written to ``out_path``. Raises
+    ``LLMNotFoundError`` (an ``MLRBenchError``) without a usable local model, and
+    ``MLRBenchError`` for bad input or an existing file written with other settings.
     """
-    spec = _recipe(recipe)
+    plan = make_plan(recipe, sampling, num_labels, per_prompt)
     names = _check_classes(class_names)
-    if n < 0 or batch_size < 1:
-        raise MLRBenchError(f"need n >= 0 and batch size >= 1, got n={n}, batch size={batch_size}")
-    decoding = Decoding(
-        spec.max_new_tokens if max_new_tokens is None else max_new_tokens,
-        spec.temperature if temperature is None else temperature,
-        spec.top_p if top_p is None else top_p,
-    )
+    n = _check_count(plan, len(names), n)
+    if batch_size < 1:
+        raise MLRBenchError(f"need batch size >= 1, got {batch_size}")
+    decoding = plan.decoding(max_new_tokens, temperature, top_p)
     out = Path(out_path)
+    txt = out.suffix.lower() == ".txt"
+    if txt and plan.recipe.labels_from_request:
+        raise MLRBenchError(
+            f"--out '{out}': recipe '{plan.recipe.name}' trains on the requested labels, which a "
+            ".txt corpus drops; write .jsonl"
+        )
+    raw = out.with_suffix(".jsonl") if txt else out
     check_model_dir(model_dir)
 
     def expected(i: int) -> dict[str, Any]:
-        return record(spec, make_request(spec, names, seed, i), "")
+        return record(plan, make_request(plan, names, seed, i), "")
 
-    done = resume_point(out, expected)
-    if done >= n:
-        return out
-    tokenizer, model = load_llm(model_dir, device)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _run(out, spec, names, seed, range(done, n), batch_size, (tokenizer, model, decoding), progress)
+    done = resume_point(raw, expected)
+    if done < n:
+        tokenizer, model = load_llm(model_dir, device)
+        raw.parent.mkdir(parents=True, exist_ok=True)
+        llm = (tokenizer, model, decoding)
+        _run(raw, plan, names, seed, range(done, n), batch_size, llm, progress)
+    if not txt:
+        return raw
+    stats = write_corpus(raw, n, out, corpus or CorpusOptions(), pc.glue_words(names))
+    print(f"{PROG}: {out}: {stats.summary()} (requests in {raw})", file=sys.stderr)
+    if n and not stats.written:
+        print(
+            f"{PROG}: warning: {out} is empty: no sentence passed the filters (counts above; "
+            f"the answers are in {raw})",
+            file=sys.stderr,
+        )
     return out
+
+
+def _check_count(plan: Plan, n_classes: int, n: int | None) -> int:
+    """The number of requests: ``n``, or every combination; never more than there are."""
+    total = plan.total(n_classes)
+    if total is None:
+        if n is None:
+            raise MLRBenchError("--n is required with --sampling random (how many requests)")
+    elif total == 0:
+        raise MLRBenchError(
+            f"no sets of {plan.min_labels}-{plan.max_labels} classes among {n_classes}; "
+            "lower --num-labels"
+        )
+    elif n is None:
+        n = total
+    elif n > total:
+        raise MLRBenchError(
+            f"--n {n}: there are only {total} combinations of {plan.min_labels}-"
+            f"{plan.max_labels} of {n_classes} classes (omit --n to ask them all)"
+        )
+    assert n is not None
+    if n < 0:
+        raise MLRBenchError(f"--n {n}: expected a number of requests >= 0")
+    return n
+
+
+def read_answers(path: Path, n: int) -> Iterator[tuple[list[str], int]]:
+    """Each of the first ``n`` rows as (sentences, unnumbered lines) for the corpus."""
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if number > n:
+                return
+            row = json.loads(line)
+            if isinstance(row.get("completion"), str):
+                yield pc.numbered_sentences(row["completion"])
+            else:
+                yield [row["description"]], 0
+
+
+def write_corpus(
+    raw: Path, n: int, out: Path, options: CorpusOptions, words: Sequence[str]
+) -> pc.CorpusStats:
+    """Filter and clean the first ``n`` requests of ``raw`` into ``out``, one sentence a line."""
+    lines, stats = pc.build_corpus(read_answers(raw, n), options.rules, options.clean, words)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out, "".join(line + "\n" for line in lines).encode("utf-8"))
+    return stats
 
 
 def _run(
     out: Path,
-    spec: Recipe,
+    plan: Plan,
     names: list[str],
     seed: int,
     todo: range,
@@ -401,10 +575,10 @@ def _run(
     with open(out, "a", encoding="utf-8") as f, bar:
         for start in range(todo.start, todo.stop, batch_size):
             stop = min(start + batch_size, todo.stop)
-            batch = [make_request(spec, names, seed, i) for i in range(start, stop)]
+            batch = [make_request(plan, names, seed, i) for i in range(start, stop)]
             completions = generate_batch(tokenizer, model, batch, decoding)
             for req, text in zip(batch, completions, strict=True):
-                f.write(json.dumps(record(spec, req, clean_output(text))) + "\n")
+                f.write(json.dumps(record(plan, req, text)) + "\n")
             f.flush()
             os.fsync(f.fileno())
             bar.update(len(batch))
@@ -447,16 +621,110 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--classes", metavar="FILE", help="text file with one class name per line")
     p.add_argument("--llm", metavar="DIR", required=True, help="local transformers model dir")
     p.add_argument("--recipe", choices=sorted(RECIPES), required=True)
-    p.add_argument("--n", type=int, required=True, help="number of sentences (requests)")
-    p.add_argument("--out", metavar="FILE", required=True, help="JSONL output; resumed if present")
+    p.add_argument(
+        "--n",
+        type=int,
+        default=None,
+        help="number of requests (prompts); required with --sampling random, default with "
+        "combinations: all of them",
+    )
+    p.add_argument(
+        "--out",
+        metavar="FILE",
+        required=True,
+        help="JSONL of requests, resumed if present; a .txt path gets the filtered, cleaned "
+        "corpus (one sentence per line) and the requests go beside it as .jsonl",
+    )
+    p.add_argument(
+        "--sampling",
+        choices=SAMPLINGS,
+        default=None,
+        help="random label sets per request, or every combination in turn (default: pvp "
+        "combinations, comc random)",
+    )
+    p.add_argument(
+        "--num-labels",
+        metavar="MIN-MAX",
+        type=_label_range,
+        default=None,
+        help="class names per prompt (default: pvp 1-3, comc 1-5)",
+    )
+    p.add_argument(
+        "--per-prompt",
+        type=int,
+        default=None,
+        metavar="K",
+        help="sentences asked per prompt (default: pvp 5 with combinations, else 1)",
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-new-tokens", type=int, default=None, help="default: per recipe")
+    p.add_argument(
+        "--max-new-tokens", type=int, default=None, help="default: per recipe (pvp: 40 a sentence)"
+    )
     p.add_argument("--temperature", type=float, default=None, help="0 = greedy; default: recipe")
     p.add_argument("--top-p", type=float, default=None, help="default: per recipe")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_corpus_arguments(p)
     return p
+
+
+def _label_range(text: str) -> tuple[int, int]:
+    try:
+        return pc.parse_label_range(text)
+    except MLRBenchError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+#: Corpus options (``.txt`` output only) and their defaults, PVP's.
+_CORPUS_DEFAULTS = {
+    "chars": pc.FilterRules.chars,
+    "min_words": pc.FilterRules.min_words,
+    "max_words": pc.FilterRules.max_words,
+    "max_word_length": pc.FilterRules.max_word_length,
+    "no_filter": False,
+    "clean": ",".join(pc.CLEAN_STEPS),
+}
+
+
+def _add_corpus_arguments(p: argparse.ArgumentParser) -> None:
+    """Filters and cleaning of a ``.txt`` output; defaults None so unused ones can be refused."""
+    g = p.add_argument_group("corpus (--out FILE.txt; defaults are PVP's)")
+    g.add_argument("--chars", choices=sorted(pc.CHARSETS), default=None, help="default latin1")
+    g.add_argument(
+        "--min-words",
+        type=int,
+        default=None,
+        help="default 6 words of the sentence (the reference's 7 counts its 'N.' marker)",
+    )
+    g.add_argument("--max-words", type=int, default=None, help="default 21 (reference: 22)")
+    g.add_argument("--max-word-length", type=int, default=None, help="default 15 characters")
+    g.add_argument("--no-filter", action="store_true", default=None, help="keep every sentence")
+    g.add_argument(
+        "--clean",
+        default=None,
+        metavar="STEPS",
+        help=f"comma list of {','.join(pc.CLEAN_STEPS)} or none (default: all)",
+    )
+
+
+def corpus_options(args: argparse.Namespace) -> CorpusOptions:
+    """``CorpusOptions`` from the command line; refuses them when ``--out`` is not ``.txt``."""
+    given = [k for k in _CORPUS_DEFAULTS if getattr(args, k) is not None]
+    if given and not str(args.out).lower().endswith(".txt"):
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise MLRBenchError(f"{flags} shape a .txt corpus; --out '{args.out}' is not .txt")
+    value = {
+        k: d if getattr(args, k) is None else getattr(args, k) for k, d in _CORPUS_DEFAULTS.items()
+    }
+    rules = pc.FilterRules(
+        chars=value["chars"],
+        min_words=value["min_words"],
+        max_words=value["max_words"],
+        max_word_length=value["max_word_length"],
+        enabled=not value["no_filter"],
+    )
+    return CorpusOptions(rules, pc.parse_clean_steps(value["clean"]))
 
 
 def captions_main(
@@ -465,6 +733,7 @@ def captions_main(
     """``mlr-bench captions``: returns 0, or 2 after a one-line error the user can act on."""
     args = build_parser().parse_args(argv)
     try:
+        corpus = corpus_options(args)
         names = _class_names(args, class_names_for)
         generate_sentences(
             args.llm,
@@ -479,6 +748,10 @@ def captions_main(
             top_p=args.top_p,
             device=args.device,
             progress=not args.no_progress,
+            sampling=args.sampling,
+            num_labels=args.num_labels,
+            per_prompt=args.per_prompt,
+            corpus=corpus,
         )
     except MLRBenchError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
