@@ -97,10 +97,10 @@ def test_leaderboard_labels_random_cells_and_shows_no_reported_number_beside_the
     text = leaderboard_markdown("t", records, methods, datasets, [1], load_reference())
     table = text.split("## Details")[0]
     rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()}
-    assert f"95.00 ± 0.00 ({RANDOM_LABEL})" in rows["taidpt"]
-    assert "**95.00" not in table and "**80.00 ± 0.00**" in rows["zeroshot"]
-    assert "**60.00 ± 0.00**" in rows["taidpt"] and "**" not in rows["comc"]
-    assert rows["comc"].endswith(f"60.00 ± 0.00 ({RANDOM_LABEL}) | – |")
+    assert f"95.00 (n=1) ({RANDOM_LABEL})" in rows["taidpt"]
+    assert "**95.00" not in table and "**80.00** (n=1)" in rows["zeroshot"]
+    assert "**60.00** (n=1)" in rows["taidpt"] and "**" not in rows["comc"]
+    assert rows["comc"].endswith(f"60.00 (n=1) ({RANDOM_LABEL}) | – |")
     # random cell: none of taidpt's VOC numbers (88.38, 88.50 RN50; 88.90 RN101) beside it
     assert not any(n in text for n in ("88.38", "88.50", "88.90"))
     assert "- taidpt on voc2007: run with random weights" in text

@@ -34,6 +34,7 @@ from mlr_bench.benchmark.runner import (
     plan_cells,
     run_matrix,
 )
+from mlr_bench.benchmark.uncertainty import leaderboard_intervals
 from mlr_bench.errors import MLRBenchError
 from mlr_bench.protocol import CLEAN, PROTOCOLS
 from mlr_bench.runs import atomic_write_json, atomic_write_text
@@ -178,6 +179,7 @@ def _write_outputs(
     asked = [protocol_column({"dataset": d, "protocol": settings.protocol}) for d in datasets]
     all_datasets = _names_in_order(asked, records, "dataset")
     all_seeds = sorted(set(seeds) | {int(r["seed"]) for r in records if r.get("status") == "ok"})
+    intervals, interval_notes = leaderboard_intervals(records, settings.bootstrap)
     leaderboard = leaderboard_markdown(
         meta["name"],
         records,
@@ -186,6 +188,8 @@ def _write_outputs(
         all_seeds,
         load_reference(),
         coverage=coverage_text(out, outcome.records, records[len(outcome.records) :]),
+        intervals=intervals,
+        interval_notes=interval_notes,
     )
     atomic_write_text(files["leaderboard.md"], leaderboard)
     summaries = summarise(records)
@@ -246,6 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-epochs", type=int, help="override trainer.max_epochs")
     parser.add_argument("--logger", choices=list(mx.LOGGERS), help="logger of every cell")
     parser.add_argument(
+        "--bootstrap",
+        type=int,
+        metavar="N",
+        help="replicates of the leaderboard's paired bootstrap (default: 1000, or 200 for "
+        "large test sets; 0: no intervals)",
+    )
+    parser.add_argument(
         "--protocol",
         choices=list(PROTOCOLS),
         default=CLEAN,
@@ -292,6 +303,8 @@ def benchmark_main(argv: Sequence[str]) -> int:
         if not Path(config).expanduser().is_file():
             what = "is not a file" if Path(config).expanduser().exists() else "does not exist"
             raise MLRBenchError(f"--config: {config} {what} (expected a YAML file)")
+    if args.bootstrap is not None and args.bootstrap < 0:
+        raise MLRBenchError(f"--bootstrap: expected 0 or more replicates, got {args.bootstrap}")
     if args.max_epochs is not None and args.max_epochs < 1:
         raise MLRBenchError(f"--max-epochs: expected a positive integer, got {args.max_epochs}")
     settings = mx.CellSettings(
@@ -301,6 +314,7 @@ def benchmark_main(argv: Sequence[str]) -> int:
         max_epochs=args.max_epochs,
         logger=args.logger,
         protocol=args.protocol,
+        bootstrap=args.bootstrap,
     )
     methods = mx.resolve_names("method", args.methods)
     datasets = mx.resolve_names("data", args.data)

@@ -53,6 +53,9 @@ class CellSettings:
     #: The protocol of every cell (``--protocol``; recipes and args after ``--`` may differ:
     #: each cell's results record the protocol it ran, and the leaderboard separates them).
     protocol: str = CLEAN
+    #: Replicates of the leaderboard's bootstrap (None: automatic; 0: none). Not a cell
+    #: setting: it changes the report, not the runs.
+    bootstrap: int | None = None
     project: str = "mlr-bench"
     group: str = "benchmark"
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from mlr_bench.benchmark.reference import CellSetting, ReferenceTable, Reported, cell_setting
+from mlr_bench.benchmark.uncertainty import Interval
 from mlr_bench.protocol import CLEAN
 from mlr_bench.provenance import PRETRAINED, RANDOM, UNKNOWN
 
@@ -139,7 +140,17 @@ def _pm(summary: Summary, key: str, digits: int = 2) -> str:
     mean, std = summary.mean.get(key, math.nan), summary.std.get(key, math.nan)
     if math.isnan(mean):
         return "–"
+    if summary.n == 1:  # one seed has no spread to show: "± 0.00" would claim one
+        return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _interval_text(interval: Interval | None) -> str:
+    """`` [66.1, 68.5]``, with `` ≈ best`` when the best is not significantly better."""
+    if interval is None:
+        return ""
+    text = f" [{interval.low:.1f}, {interval.high:.1f}]"
+    return text + (" ≈ best" if interval.significant is False else "")
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -211,8 +222,12 @@ def leaderboard_markdown(
     seeds: Sequence[int],
     reference: ReferenceTable | None = None,
     coverage: str | None = None,
+    intervals: Mapping[tuple[str, str], Interval] | None = None,
+    interval_notes: Sequence[str] = (),
 ) -> str:
-    """Test mAP (mean ± std) per method × dataset, best in bold, reported numbers beside.
+    """Test mAP (mean ± std) per method × dataset, best in bold, reported numbers beside;
+    with ``intervals`` (:mod:`mlr_bench.benchmark.uncertainty`) a 95% interval per cell and
+    which methods the best does not beat significantly.
 
     ``coverage`` says at the top which cells the tables cover; cells run with different
     settings are flagged there and listed under *Settings*. Cells run with random CLIP weights
@@ -258,8 +273,9 @@ def leaderboard_markdown(
                 is_best = best[dataset] is not None and summary.mean["mAP"] == best[dataset]
                 if is_best and not summary.random_weights:
                     cell = f"**{cell}**"
-                if summary.n < len(seeds):
+                if summary.n < len(seeds) or summary.n == 1:
                     cell += f" (n={summary.n})"
+                cell += _interval_text((intervals or {}).get((method, dataset)))
                 if (method, dataset) in mixed_groups:
                     cell += " (mixed settings!)"
                 if summary.random_weights:
@@ -324,6 +340,19 @@ def leaderboard_markdown(
             lines.append(f"- {text}: {', '.join(names)}")
         for method, dataset in sorted(mixed_groups):
             lines.append(f"- {method} on {dataset}: its seeds used different recipes")
+    if intervals:
+        lines += [
+            "",
+            "## Uncertainty",
+            "",
+            "[low, high]: 95% interval of the test mAP from a two-level bootstrap: test images "
+            "resampled jointly for all methods (paired), seeds resampled per method (n = 1: "
+            "images only). *≈ best*: the 95% interval of the paired difference from the column's "
+            "best method includes 0, i.e. not significantly worse. "
+            "(`mlr_bench/benchmark/uncertainty.py`)",
+            "",
+            *interval_notes,
+        ]
     lines += ["", "## Details (mean ± std over seeds)", ""]
     lines += _details(records, summaries, methods, datasets)
     if notes:

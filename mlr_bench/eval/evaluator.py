@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
@@ -22,7 +23,7 @@ from torch import Tensor
 
 from mlr_bench.eval.metrics import MultilabelMetrics, compute_metrics
 from mlr_bench.provenance import weights_record
-from mlr_bench.runs import atomic_write_json, git_revision, run_dir, versions
+from mlr_bench.runs import atomic_write_bytes, atomic_write_json, git_revision, run_dir, versions
 
 Stage = Literal["val", "test"]
 
@@ -189,7 +190,10 @@ class Evaluator(Callback):
                 log_test_tables(logger, trainer, per_class, index, scores, targets)
         if write and self.write_results:
             path = run_dir(trainer) / f"results_{stage}.json"  # collective: call on every rank
-            if trainer.is_global_zero:
+            scores_path = path.with_name(f"scores_{stage}.npz")
+            self.results[stage]["scores_file"] = scores_path.name
+            if trainer.is_global_zero:  # scores first: a results file always has its scores
+                write_scores(scores_path, index, scores, targets)
                 atomic_write_json(path, self.results[stage])
             self.results[stage]["path"] = str(path)
 
@@ -223,6 +227,24 @@ class Evaluator(Callback):
             "git_revision": git_revision(),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
+
+
+def write_scores(path: Path, index: Tensor, scores: Tensor, targets: Tensor) -> None:
+    """``scores_<stage>.npz``: every image's raw scores (float32) and targets (int8) in index
+    order, so that comparisons can resample test images (the benchmark's paired bootstrap)."""
+
+    def save(f: Any) -> None:
+        np.savez_compressed(
+            f, index=index.numpy(), scores=scores.float().numpy(), targets=targets.numpy()
+        )
+
+    atomic_write_bytes(path, save)
+
+
+def read_scores(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores [N, C] float32, targets [N, C] int8)`` of a ``scores_<stage>.npz``."""
+    with np.load(path) as data:
+        return data["scores"], data["targets"]
 
 
 def display_class_names(trainer: Trainer, pl_module: LightningModule) -> list[str]:
