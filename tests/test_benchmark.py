@@ -246,3 +246,20 @@ def test_wandb_leaderboard_is_logged_when_available(monkeypatch, tmp_path: Path)
     assert calls == [([{"method": "m"}], "demo", "demo-1", str(tmp_path))]
     monkeypatch.delattr(loggers, "log_leaderboard")
     command_module.log_to_wandb([], {"name": "demo", "id": "demo-1"}, tmp_path)  # no error
+
+
+@pytest.mark.slow
+def test_parallel_workers_give_the_sequential_results(tmp_path: Path, monkeypatch) -> None:
+    """--workers 2 runs two cells at once (one thread each); every cell's numbers equal those
+    of a sequential run with one thread, exactly, and the records keep the matrix order."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    recipes = tiny_recipes(tmp_path / "recipes")
+    argv = ["benchmark", "--methods", "zeroshot,comc", "--data", "world", "--seeds", "1"]
+    argv += ["--recipes", str(recipes), "--max-epochs", "1", "--bootstrap", "0"]
+    found = {}
+    for workers in ("1", "2"):
+        out = tmp_path / f"out{workers}"
+        run_cli([*argv, "--out", str(out), "--workers", workers, "--", *TINY])
+        rows = json.loads((out / "results.json").read_text())["rows"]
+        found[workers] = [(r["method"], r["seed"], r["mAP"], r["CF1"], r["OF1"]) for r in rows]
+    assert found["2"] == found["1"] and len(found["1"]) == 2

@@ -402,3 +402,43 @@ def test_ctrl_c_delivered_to_another_thread_still_stops_the_cell_wait(tmp_path: 
     assert done.returncode == 0, done.stderr[-2000:]
     seconds = float(done.stdout.split("interrupted after ")[1].split()[0])
     assert seconds < 10, done.stdout
+
+
+# ---- parallel cells (--workers) ----------------------------------------------------------------
+@pytest.mark.slow
+def test_parallel_cells_die_with_their_benchmark_on_ctrl_c(tmp_path: Path) -> None:
+    """Two long cells at once, started from worker threads: Ctrl-C on the benchmark stops
+    both (each worker kills its cell's process group) and frees their locks."""
+    command = long_benchmark(tmp_path)
+    command[command.index("--seeds") + 1] = "1,2"
+    command[command.index("--") : command.index("--")] = ["--workers", "2"]
+    bench_process = start(command, tmp_path, "bench")
+    cells = [tmp_path / "out" / f"comc-world-s{seed}" for seed in (1, 2)]
+    try:
+        pids = [wait_for_cell_pid(cell, bench_process) for cell in cells]
+        bench_process.send_signal(signal.SIGINT)
+        code = bench_process.wait(timeout=60)
+    finally:
+        if bench_process.poll() is None:
+            bench_process.kill()
+    assert code == 130, (tmp_path / "bench.log").read_text()[-2000:]
+    assert all(wait_gone(pid) for pid in pids), "a cell process outlived its benchmark"
+    assert all(lock_is_free(cell) and not (cell / "result.json").exists() for cell in cells)
+
+
+def test_workers_get_one_thread_and_devices_round_robin(monkeypatch) -> None:
+    from mlr_bench.benchmark.runner import worker_environments
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    envs = worker_environments(3)
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["3", "5", "3"]
+    assert all(e["OMP_NUM_THREADS"] == "1" for e in envs)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert worker_environments(2) == [{"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}] * 2
+
+
+def test_workers_refuse_in_process_cells(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = bench([*ZEROSHOT, "--workers", "2", "--isolation", "in-process"], capsys)
+    assert code == 2 and "does not combine with --isolation in-process" in err
+    code, _, err = bench([*ZEROSHOT, "--workers", "0"], capsys)
+    assert code == 2 and "--workers: expected 1 or more, got 0" in err

@@ -250,6 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-epochs", type=int, help="override trainer.max_epochs")
     parser.add_argument("--logger", choices=list(mx.LOGGERS), help="logger of every cell")
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="cells run at once (default 1), each in its own process with one CPU thread or, "
+        "with GPUs, one device each (round-robin over CUDA_VISIBLE_DEVICES)",
+    )
+    parser.add_argument(
         "--bootstrap",
         type=int,
         metavar="N",
@@ -303,6 +311,13 @@ def benchmark_main(argv: Sequence[str]) -> int:
         if not Path(config).expanduser().is_file():
             what = "is not a file" if Path(config).expanduser().exists() else "does not exist"
             raise MLRBenchError(f"--config: {config} {what} (expected a YAML file)")
+    if args.workers < 1:
+        raise MLRBenchError(f"--workers: expected 1 or more, got {args.workers}")
+    if args.workers > 1 and args.isolation == "in-process":
+        raise MLRBenchError(
+            "--workers N > 1 runs cells in their own processes; it does not combine with "
+            "--isolation in-process"
+        )
     if args.bootstrap is not None and args.bootstrap < 0:
         raise MLRBenchError(f"--bootstrap: expected 0 or more replicates, got {args.bootstrap}")
     if args.max_epochs is not None and args.max_epochs < 1:
@@ -315,6 +330,7 @@ def benchmark_main(argv: Sequence[str]) -> int:
         logger=args.logger,
         protocol=args.protocol,
         bootstrap=args.bootstrap,
+        workers=args.workers,
     )
     methods = mx.resolve_names("method", args.methods)
     datasets = mx.resolve_names("data", args.data)

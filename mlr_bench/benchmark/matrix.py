@@ -56,6 +56,8 @@ class CellSettings:
     #: Replicates of the leaderboard's bootstrap (None: automatic; 0: none). Not a cell
     #: setting: it changes the report, not the runs.
     bootstrap: int | None = None
+    #: Cells run at once (``--workers``; not a cell setting: each cell's numbers are its own).
+    workers: int = 1
     project: str = "mlr-bench"
     group: str = "benchmark"
 

@@ -8,7 +8,8 @@ its parent instead: on Linux the kernel sends it SIGKILL when the parent dies
 (``prctl(PR_SET_PDEATHSIG)``, set between fork and exec, and again by the worker), elsewhere
 a thread in the worker polls ``os.getppid()``. Each DDP rank the worker starts runs the
 worker too and watches the worker the same way. The death signal follows the thread that
-started the child: cells are started from the benchmark's main thread.
+started the child: cells are started from the benchmark's main thread, or (``--workers N``)
+from worker threads that live until every cell they started has ended.
 """
 
 from __future__ import annotations
@@ -41,6 +42,31 @@ class Terminated(KeyboardInterrupt):
 
 
 _terminating: list[int] = []
+#: Set by the benchmark's main thread to stop cells waited on by other threads (parallel
+#: cells): their waits raise KeyboardInterrupt, which kills their process groups.
+_STOP = threading.Event()
+#: Per-thread extra environment of the cells a thread starts (a parallel worker's slot:
+#: ``CUDA_VISIBLE_DEVICES``, ``OMP_NUM_THREADS``).
+_SLOT = threading.local()
+
+
+def request_stop() -> None:
+    """Make every cell wait in every thread stop (and kill its cell); see ``_STOP``."""
+    _STOP.set()
+
+
+def clear_stop() -> None:
+    _STOP.clear()
+
+
+@contextlib.contextmanager
+def slot_environment(env: dict[str, str]) -> Iterator[None]:
+    """Cells started by this thread in the block get ``env`` on top of the benchmark's."""
+    _SLOT.env = dict(env)
+    try:
+        yield
+    finally:
+        _SLOT.env = {}
 
 
 def terminating() -> bool:
@@ -85,10 +111,14 @@ def _wait_unreaped(proc: subprocess.Popen, poll_s: float = 0.1) -> None:
     """
     if not hasattr(os, "waitid"):  # pragma: no cover - POSIX without waitid
         while proc.poll() is None:
+            if _STOP.is_set():
+                raise KeyboardInterrupt
             time.sleep(poll_s)
         return
     options = os.WEXITED | os.WNOWAIT | os.WNOHANG
     while True:
+        if _STOP.is_set():
+            raise KeyboardInterrupt
         try:
             if os.waitid(os.P_PID, proc.pid, options) is not None:
                 return
@@ -108,7 +138,7 @@ def run_cell_process(
 
     ``started(pid)`` is called once the process exists (to record it in the cell's lock).
     """
-    env = {**os.environ, PARENT_ENV: str(os.getpid())}
+    env = {**os.environ, **getattr(_SLOT, "env", {}), PARENT_ENV: str(os.getpid())}
     proc = subprocess.Popen(
         list(command),
         stdout=log,

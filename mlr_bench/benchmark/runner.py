@@ -38,7 +38,12 @@ from mlr_bench.benchmark.matrix import (
     fingerprint,
     settings_diff,
 )
-from mlr_bench.benchmark.process import run_cell_process
+from mlr_bench.benchmark.process import (
+    clear_stop,
+    request_stop,
+    run_cell_process,
+    slot_environment,
+)
 from mlr_bench.errors import MLRBenchError
 from mlr_bench.runs import atomic_write_json, atomic_write_text
 
@@ -277,34 +282,137 @@ def run_matrix(
         dynamic_ncols=True,
     )
     with bar:
+        if settings.workers > 1:
+            return _run_parallel(plan, settings, run_cell, bar, outcome)
         for index, item in enumerate(plan, start=1):
-            cell, cell_dir = item.cell, item.cell_dir
             if item.record is not None:
                 bar.write(status_line(index, total, item.record, note="  (done before: skipped)"))
                 outcome.records.append(item.record)
                 continue
-            bar.set_postfix_str(f"running cell {index}/{total}: {cell.name}")
-            try:
-                record, ran = _run_locked(item, settings, run_cell)
-            except CellBusy as busy:
-                record, ran = busy_record(cell, cell_dir, busy.holder), False
-                outcome.busy.append(cell.name)
-                bar.write(
-                    f"mlr-bench benchmark: cell {cell.name} is being run by {busy.holder}; skipped"
-                )
-            except OSError as exc:
-                raise MLRBenchError(os_error_message(cell_dir, exc)) from None
-            if ran:
-                outcome.executed.append(cell.name)
-                if record is None:
-                    record = failed_record(cell, cell_dir)
-                    outcome.failed.append(cell.name)
-            if record.get("status") != "ok":  # a finished cell records the protocol it ran
-                record.setdefault("protocol", settings.protocol)
-            outcome.records.append(record)
-            bar.write(status_line(index, total, record))
-            if record["status"] != "running":
-                bar.update(1)
+            bar.set_postfix_str(f"running cell {index}/{total}: {item.cell.name}")
+            attempt = _attempt(item, settings, run_cell)
+            outcome.records.append(_account(item, attempt, settings, outcome, bar, index, total))
+    return outcome
+
+
+#: What running one cell gave: its record (None: it left none), whether it ran, and the holder
+#: of its lock when another benchmark runs it.
+Attempt = tuple[dict[str, Any] | None, bool, str | None]
+
+
+def _attempt(item: PlannedCell, settings: CellSettings, run_cell: CellRunner) -> Attempt:
+    """Run one planned cell under its lock (in any thread)."""
+    try:
+        record, ran = _run_locked(item, settings, run_cell)
+    except CellBusy as busy:
+        return None, False, busy.holder
+    except OSError as exc:
+        raise MLRBenchError(os_error_message(item.cell_dir, exc)) from None
+    return record, ran, None
+
+
+def _account(
+    item: PlannedCell,
+    attempt: Attempt,
+    settings: CellSettings,
+    outcome: MatrixOutcome,
+    bar: Any,
+    index: int,
+    total: int,
+) -> dict[str, Any]:
+    """The record of a finished attempt, counted in ``outcome`` and shown (main thread)."""
+    cell, cell_dir = item.cell, item.cell_dir
+    record, ran, holder = attempt
+    if holder is not None:
+        record = busy_record(cell, cell_dir, holder)
+        outcome.busy.append(cell.name)
+        bar.write(f"mlr-bench benchmark: cell {cell.name} is being run by {holder}; skipped")
+    if ran:
+        outcome.executed.append(cell.name)
+        if record is None:
+            record = failed_record(cell, cell_dir)
+            outcome.failed.append(cell.name)
+    assert record is not None
+    if record.get("status") != "ok":  # a finished cell records the protocol it ran
+        record.setdefault("protocol", settings.protocol)
+    bar.write(status_line(index, total, record))
+    if record["status"] != "running":
+        bar.update(1)
+    return record
+
+
+def worker_environments(workers: int) -> list[dict[str, str]]:
+    """Each parallel worker's environment: one CPU thread (``OMP_NUM_THREADS=1``, so N workers
+    share N cores without oversubscribing them) and, with GPUs, one device each, round-robin
+    over the visible ones (``CUDA_VISIBLE_DEVICES``)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    devices = [d for d in visible.split(",") if d.strip()] if visible is not None else []
+    if visible is None:
+        try:
+            import torch
+
+            devices = [str(i) for i in range(torch.cuda.device_count())]
+        except Exception:
+            devices = []
+    envs = []
+    for slot in range(workers):
+        env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        if devices:
+            env["CUDA_VISIBLE_DEVICES"] = devices[slot % len(devices)]
+        envs.append(env)
+    return envs
+
+
+def _run_parallel(
+    plan: Sequence[PlannedCell],
+    settings: CellSettings,
+    run_cell: CellRunner,
+    bar: Any,
+    outcome: MatrixOutcome,
+) -> MatrixOutcome:
+    """Up to ``settings.workers`` cells at once, each from a worker thread with its own slot
+    environment; records keep the plan's order. Ctrl-C/SIGTERM land in this (main) thread,
+    which tells every worker to stop: each kills its cell's process group."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+    from queue import SimpleQueue
+
+    total = len(plan)
+    records: list[dict[str, Any] | None] = [item.record for item in plan]
+    for index, item in enumerate(plan, start=1):
+        if item.record is not None:
+            bar.write(status_line(index, total, item.record, note="  (done before: skipped)"))
+    slots: SimpleQueue[dict[str, str]] = SimpleQueue()
+    for env in worker_environments(settings.workers):
+        slots.put(env)
+
+    def work(item: PlannedCell) -> Attempt:
+        env = slots.get()
+        try:
+            with slot_environment(env):
+                return _attempt(item, settings, run_cell)
+        finally:
+            slots.put(env)
+
+    todo = [(i, item) for i, item in enumerate(plan) if item.record is None]
+    clear_stop()
+    pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="cell")
+    try:
+        futures = {pool.submit(work, item): (i, item) for i, item in todo}
+        bar.set_postfix_str(f"{min(len(todo), settings.workers)} cells running")
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            for future in done:
+                i, item = futures[future]
+                records[i] = _account(item, future.result(), settings, outcome, bar, i + 1, total)
+            bar.set_postfix_str(f"{min(len(pending), settings.workers)} cells running")
+    except BaseException:
+        request_stop()  # every worker kills its cell; finished cells are kept
+        pool.shutdown(wait=True, cancel_futures=True)
+        clear_stop()
+        raise
+    pool.shutdown(wait=True)
+    outcome.records.extend(r for r in records if r is not None)
     return outcome
 
 
