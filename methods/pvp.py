@@ -373,6 +373,7 @@ class PVP(EvalConstantsMixin, FeatureMethod):
                 "--method.pretrained_prompts PATH (artifact, .ckpt or run directory)."
             )
         prompts = load_prompts(source, self.class_names)
+        self._note_stage1_budget(Path(source))
         for name, value in prompts.items():
             param = getattr(self, name)
             if value.shape != param.shape:
@@ -382,6 +383,22 @@ class PVP(EvalConstantsMixin, FeatureMethod):
                 )
             with torch.no_grad():
                 param.copy_(value.to(param.device))
+
+    def _note_stage1_budget(self, source: Path) -> None:
+        """Stage 1's budget, from the artifact it saved (a cached stage 1 ran earlier: its
+        budget is the one it was trained with), unless this process just metered it."""
+        stages = getattr(self, "budget_stages", None) or {}
+        if "pretrain" in stages or source.suffix != ".safetensors":
+            return
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(source), "pt") as f:
+                recorded = json.loads((f.metadata() or {}).get("budget", "null"))
+        except (OSError, ValueError):
+            return
+        if isinstance(recorded, dict):
+            self.budget_stages = {"pretrain": {**recorded, "cached": True}, **stages}
 
     def on_fit_end(self) -> None:
         """Stage 1 saves its prompts: into the run directory and, under its key, the cache."""
@@ -400,8 +417,10 @@ class PVP(EvalConstantsMixin, FeatureMethod):
                 "pvp_global": self.pvp_global.detach().float().cpu().contiguous(),
                 "pvp_local": self.pvp_local.detach().float().cpu().contiguous(),
             }
+            budget = (getattr(self, "budget_stages", None) or {}).get("pretrain")
+            metadata = {"classes": json.dumps(self.class_names), "budget": json.dumps(budget)}
             for target in targets:
-                _save_atomic(tensors, target, {"classes": json.dumps(self.class_names)})
+                _save_atomic(tensors, target, metadata)
             print(f"PVP stage 1: prompts saved to {', '.join(str(t) for t in targets)}")
         trainer.strategy.barrier("pvp-stage-1-saved")
 

@@ -220,6 +220,7 @@ class MLRTrainer(Trainer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.init_kwargs = dict(kwargs)  # a prior stage's Trainer runs on the same devices
         kwargs.update(_atomic_checkpoint_plugins(kwargs))  # keep `**kwargs`: jsonargparse reads it
+        kwargs["callbacks"] = _with_budget_meter(kwargs.get("callbacks"))
         super().__init__(*args, **kwargs)
 
     def fit(self, model: Any, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
@@ -267,6 +268,20 @@ class MLRTrainer(Trainer):
         if not path:
             rank_zero_warn("train: no checkpoint was saved; testing the in-memory weights")
         return self.test(model, datamodule=datamodule, ckpt_path=path or None)
+
+
+def _with_budget_meter(callbacks: Any) -> list[Any]:
+    """``callbacks`` plus a :class:`BudgetMeter` (every fit records what it spent)."""
+    from mlr_bench.budget import BudgetMeter
+
+    if callbacks is None:
+        callbacks = []
+    elif not isinstance(callbacks, list | tuple):
+        callbacks = [callbacks]
+    callbacks = list(callbacks)
+    if not any(isinstance(c, BudgetMeter) for c in callbacks):
+        callbacks.append(BudgetMeter())
+    return callbacks
 
 
 def _atomic_checkpoint_plugins(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -20,6 +20,8 @@ import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import CSVLogger
 
+from mlr_bench.budget import BudgetMeter
+
 if TYPE_CHECKING:
     from mlr_bench.datamodule import MLRDataModule
     from mlr_bench.method import MLRMethod
@@ -78,6 +80,7 @@ def stage_trainer(parent: Trainer, init_kwargs: dict[str, Any], stage: PriorStag
         strategy=_strategy_name(init_kwargs.get("strategy")),
         max_epochs=stage.max_epochs,
         logger=CSVLogger(save_dir=root, name=f"{parent_name}/{stage.name}"),
+        callbacks=[BudgetMeter(stage.name)],
         enable_checkpointing=False,
         enable_model_summary=False,
         limit_val_batches=0,
@@ -112,3 +115,5 @@ def fit_prior_stage(
         stage = ask(datamodule, parent)
         if stage is not None:
             stage_trainer(parent, init_kwargs, stage).fit(stage.module, datamodule=datamodule)
+            spent = getattr(stage.module, "budget_stages", None) or {}
+            model.budget_stages = {**(getattr(model, "budget_stages", None) or {}), **spent}

@@ -171,6 +171,10 @@ def test_stage2_without_prompts_says_how_to_get_them(tmp_path):
         load_prompts(tmp_path)
 
 
+def _results(root: Path) -> dict:
+    return json.loads(next(root.rglob("results_test.json")).read_text())
+
+
 def _train(root: Path, *extra: str) -> dict:
     run_cli(
         [
@@ -205,6 +209,13 @@ def test_both_stages_from_the_cli_cache_stage1_and_reload_it(tmp_path, capsys):
     assert "reusing cached prompts" in capsys.readouterr().out
     assert not list((tmp_path / "second").rglob(ARTIFACT_NAME)), "stage 1 ran again"
     assert first == second, "a cached stage 1 must give the same stage 2 as a fresh one"
+    # budgets: both stages metered (3 batches each); the cached stage 1 reports its own
+    budgets = [_results(tmp_path / run)["budget"] for run in ("first", "second")]
+    for budget, cached in zip(budgets, (False, True), strict=True):
+        assert budget["stages"]["pretrain"]["optimizer_steps"] == 3
+        assert budget["stages"]["pretrain"].get("cached", False) is cached
+        assert budget["stages"]["train"]["optimizer_steps"] == 3 and budget["optimizer_steps"] == 6
+        assert budget["reference"] is None  # the world has no reference recipe
     from_dir = _train(
         tmp_path / "third",
         "--method.stage",

@@ -136,6 +136,7 @@ def run_cell_here(cell: Cell, args: Sequence[str]) -> dict[str, Any] | None:
         "backbone": ((results.get("method") or {}).get("init_args") or {}).get("backbone"),
         "weights": results.get("weights", UNKNOWN),  # random weights: rehearsal only
         "protocol": (results.get("protocol") or {}).get("label", UNKNOWN),
+        **budget_columns(results.get("budget")),
         "status": "ok",
         "metrics": results["metrics"],
         "per_class_ap": results["per_class_ap"],
@@ -147,6 +148,19 @@ def run_cell_here(cell: Cell, args: Sequence[str]) -> dict[str, Any] | None:
         "results_file": str(results_file),
         "args": list(args),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def budget_columns(budget: dict[str, Any] | None) -> dict[str, Any]:
+    """The benchmark's budget columns from a results file's ``budget`` (None: not metered)."""
+    budget = budget or {}
+    reference = budget.get("reference") or {}
+    return {
+        "optimizer_steps": budget.get("optimizer_steps"),
+        "reference_steps": reference.get("optimizer_steps"),
+        "steps_x_reference": budget.get("ratio_to_reference"),
+        "train_device_s": budget.get("device_s"),
+        "budget": budget or None,
     }
 
 

@@ -19,6 +19,8 @@ from mlr_bench.provenance import PRETRAINED, RANDOM, UNKNOWN
 ID_COLUMNS = ["method", "dataset", "protocol", "backbone", "weights", "seed", "status"]
 HEADLINE_METRICS = ["mAP", "CF1", "OF1"]
 COST_COLUMNS = ["train_time_s", "eval_time_s", "peak_memory_mb", "memory"]
+#: What each cell's training spent (``results.json`` budget; see :mod:`mlr_bench.budget`).
+BUDGET_COLUMNS = ["optimizer_steps", "reference_steps", "steps_x_reference", "train_device_s"]
 TAIL_COLUMNS = ["run_dir", "error"]
 #: Beside the mAP of a cell whose CLIP had random weights (``--method.pretrained none``).
 RANDOM_LABEL = "random weights — rehearsal only"
@@ -37,7 +39,7 @@ def metric_columns(records: Sequence[dict[str, Any]]) -> list[str]:
 def to_rows(records: Sequence[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
     """One flat row per cell (failed cells included, with empty metrics)."""
     metrics = metric_columns(records)
-    columns = ID_COLUMNS + metrics + COST_COLUMNS + TAIL_COLUMNS
+    columns = ID_COLUMNS + metrics + BUDGET_COLUMNS + COST_COLUMNS + TAIL_COLUMNS
     rows = []
     for record in records:
         row = {c: record.get(c) for c in columns}
@@ -113,7 +115,7 @@ def summarise(records: Sequence[dict[str, Any]]) -> list[Summary]:
     out = []
     for (method, dataset), group in groups.items():
         values = {m: [r["metrics"].get(m) for r in group] for m in metrics}
-        values |= {c: [r.get(c) for r in group] for c in COST_COLUMNS[:-1]}
+        values |= {c: [r.get(c) for r in group] for c in COST_COLUMNS[:-1] + BUDGET_COLUMNS}
         mean, std = {}, {}
         for key, column in values.items():
             numbers = np.array([v for v in column if v is not None], dtype=float)
@@ -143,6 +145,17 @@ def _pm(summary: Summary, key: str, digits: int = 2) -> str:
     if summary.n == 1:  # one seed has no spread to show: "± 0.00" would claim one
         return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _budget_text(summary: Summary) -> str:
+    """`` · 840 steps (0.32× ref)``: the optimizer steps behind the number and, where the
+    method's reference recipe on the dataset is known, their share of its steps."""
+    steps = summary.mean.get("optimizer_steps", math.nan)
+    if math.isnan(steps):
+        return ""
+    ratio = summary.mean.get("steps_x_reference", math.nan)
+    share = "" if math.isnan(ratio) else f" ({ratio:.2g}× ref)"
+    return f" · {steps:,.0f} steps{share}"
 
 
 def _interval_text(interval: Interval | None) -> str:
@@ -276,6 +289,7 @@ def leaderboard_markdown(
                 if summary.n < len(seeds) or summary.n == 1:
                     cell += f" (n={summary.n})"
                 cell += _interval_text((intervals or {}).get((method, dataset)))
+                cell += _budget_text(summary)
                 if (method, dataset) in mixed_groups:
                     cell += " (mixed settings!)"
                 if summary.random_weights:
@@ -305,6 +319,9 @@ def leaderboard_markdown(
         ),
         f"Test mAP (%) of the checkpoint selected on **val** (clean protocol: never test), "
         f"mean ± std over seeds {seed_text} (population std). **Bold**: best per column. "
+        "*· N steps*: the optimizer steps its training took (all stages, mean over seeds), "
+        "*(x× ref)* their share of the method's reference recipe on that dataset where known "
+        "(`mlr_bench/budget.py`). "
         "Columns marked "
         "*(reported)* are published numbers, **not run here**, shown only beside cells run "
         "with pretrained weights in the setting they were reported in (backbone; test "

@@ -220,6 +220,7 @@ class Evaluator(Callback):
             **weights_record(pl_module),  # "weights": random|pretrained, beside every number
             "data": _describe(datamodule),
             "protocol": _protocol(datamodule),
+            "budget": _budget(pl_module, datamodule),
             "seed": _seed(),
             "ckpt_path": str(Path(trainer.ckpt_path).resolve()) if trainer.ckpt_path else None,
             "world_size": trainer.world_size,
@@ -265,6 +266,17 @@ def _wandb_loggers(trainer: Trainer) -> list[Any]:
     from lightning.pytorch.loggers import WandbLogger
 
     return [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+
+
+def _budget(pl_module: LightningModule, datamodule: Any) -> dict[str, Any] | None:
+    """What the fit in this process spent (:mod:`mlr_bench.budget`), with the reference
+    recipe's steps where known; None when nothing was metered here."""
+    from mlr_bench import registry
+    from mlr_bench.budget import budget_record
+
+    method = registry.name_for_class("method", type(pl_module))
+    dataset = registry.name_for_class("data", type(datamodule)) if datamodule else None
+    return budget_record(getattr(pl_module, "budget_stages", None), method, dataset)
 
 
 def _protocol(datamodule: Any) -> dict[str, Any] | None:
