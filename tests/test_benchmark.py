@@ -271,3 +271,22 @@ def test_parallel_workers_give_the_sequential_results(tmp_path: Path, monkeypatc
         rows = json.loads((out / "results.json").read_text())["rows"]
         found[workers] = [(r["method"], r["seed"], r["mAP"], r["CF1"], r["OF1"]) for r in rows]
     assert found["2"] == found["1"] and len(found["1"]) == 2
+
+
+@pytest.mark.slow
+def test_submitit_launcher_runs_cells_as_jobs_with_the_same_results(tmp_path: Path) -> None:
+    """--launcher submitit-local: the SLURM path (one array job, the benchmark polling) with
+    submitit's local executor; the records equal a local run's and a re-run skips them."""
+    recipes = tiny_recipes(tmp_path / "recipes")
+    argv = ["benchmark", "--methods", "zeroshot,comc", "--data", "world", "--seeds", "1"]
+    argv += ["--recipes", str(recipes), "--max-epochs", "1", "--bootstrap", "0"]
+    found = {}
+    for launcher in ("local", "submitit-local"):
+        out = tmp_path / launcher
+        run_cli([*argv, "--out", str(out), "--launcher", launcher, "--", *TINY])
+        rows = json.loads((out / "results.json").read_text())["rows"]
+        found[launcher] = [(r["method"], r["seed"], r["mAP"], r["status"]) for r in rows]
+    assert found["submitit-local"] == found["local"]
+    assert any((tmp_path / "submitit-local" / ".submitit").iterdir())  # the jobs' logs
+    again = [*argv, "--out", str(tmp_path / "submitit-local"), "--launcher", "submitit-local"]
+    run_cli([*again, "--", *TINY])  # everything done: nothing submitted, exit code 0

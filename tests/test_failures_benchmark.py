@@ -442,3 +442,13 @@ def test_workers_refuse_in_process_cells(capsys: pytest.CaptureFixture[str]) -> 
     assert code == 2 and "does not combine with --isolation in-process" in err
     code, _, err = bench([*ZEROSHOT, "--workers", "0"], capsys)
     assert code == 2 and "--workers: expected 1 or more, got 0" in err
+
+
+def test_slurm_launcher_without_slurm_is_one_clear_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["benchmark", "--methods", "zeroshot", "--data", "world", "--seeds", "1"]
+    code, _, err = bench([*argv, "--out", str(tmp_path / "out"), "--launcher", "slurm"], capsys)
+    assert code == 2 and "--launcher slurm:" in err and "slurm" in err.lower()
+    code, _, err = bench([*ZEROSHOT, "--launcher", "slurm"], capsys)
+    assert code == 2 and "does not combine with --isolation in-process" in err

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mlr_bench.benchmark import matrix as mx
+from mlr_bench.benchmark.launcher import LAUNCHERS, SlurmOptions
 from mlr_bench.benchmark.plots import plot_all
 from mlr_bench.benchmark.process import Terminated, stop_on_signals
 from mlr_bench.benchmark.reference import load_reference
@@ -258,6 +259,27 @@ def build_parser() -> argparse.ArgumentParser:
         "with GPUs, one device each (round-robin over CUDA_VISIBLE_DEVICES)",
     )
     parser.add_argument(
+        "--launcher",
+        choices=LAUNCHERS,
+        default="local",
+        help="where cells run: local (default), slurm (one array job through submitit; "
+        "--slurm.* options), submitit-local (the same path with local processes)",
+    )
+    slurm = SlurmOptions()
+    parser.add_argument("--slurm.partition", help="SLURM partition (default: the cluster's)")
+    parser.add_argument(
+        "--slurm.time", type=int, default=slurm.time_min, help="minutes per cell's job"
+    )
+    parser.add_argument("--slurm.gpus-per-cell", type=int, default=slurm.gpus_per_cell)
+    parser.add_argument("--slurm.cpus-per-cell", type=int, default=slurm.cpus_per_cell)
+    parser.add_argument("--slurm.mem-gb", type=int, help="memory per cell's job")
+    parser.add_argument(
+        "--slurm.parallelism",
+        type=int,
+        default=slurm.parallelism,
+        help="array tasks running at once",
+    )
+    parser.add_argument(
         "--bootstrap",
         type=int,
         metavar="N",
@@ -318,6 +340,19 @@ def benchmark_main(argv: Sequence[str]) -> int:
             "--workers N > 1 runs cells in their own processes; it does not combine with "
             "--isolation in-process"
         )
+    if args.launcher != "local" and (args.isolation == "in-process" or args.workers > 1):
+        raise MLRBenchError(
+            f"--launcher {args.launcher} runs each cell as a job in its own process; it does "
+            "not combine with --isolation in-process or --workers (set --slurm.parallelism)"
+        )
+    slurm_options = SlurmOptions(
+        partition=getattr(args, "slurm.partition"),
+        time_min=getattr(args, "slurm.time"),
+        gpus_per_cell=getattr(args, "slurm.gpus_per_cell"),
+        cpus_per_cell=getattr(args, "slurm.cpus_per_cell"),
+        mem_gb=getattr(args, "slurm.mem_gb"),
+        parallelism=getattr(args, "slurm.parallelism"),
+    )
     if args.bootstrap is not None and args.bootstrap < 0:
         raise MLRBenchError(f"--bootstrap: expected 0 or more replicates, got {args.bootstrap}")
     if args.max_epochs is not None and args.max_epochs < 1:
@@ -331,6 +366,8 @@ def benchmark_main(argv: Sequence[str]) -> int:
         protocol=args.protocol,
         bootstrap=args.bootstrap,
         workers=args.workers,
+        launcher=args.launcher,
+        slurm=slurm_options,
     )
     methods = mx.resolve_names("method", args.methods)
     datasets = mx.resolve_names("data", args.data)

@@ -58,6 +58,10 @@ class CellSettings:
     bootstrap: int | None = None
     #: Cells run at once (``--workers``; not a cell setting: each cell's numbers are its own).
     workers: int = 1
+    #: Where cells run: "local" (this machine), "slurm" or "submitit-local" (cluster jobs via
+    #: submitit, see ``launcher.py``), with ``slurm`` holding the ``--slurm.*`` options.
+    launcher: str = "local"
+    slurm: Any = None
     project: str = "mlr-bench"
     group: str = "benchmark"
 

@@ -282,6 +282,8 @@ def run_matrix(
         dynamic_ncols=True,
     )
     with bar:
+        if settings.launcher != "local":
+            return _run_as_jobs(plan, settings, out, bar, outcome)
         if settings.workers > 1:
             return _run_parallel(plan, settings, run_cell, bar, outcome)
         for index, item in enumerate(plan, start=1):
@@ -361,6 +363,37 @@ def worker_environments(workers: int) -> list[dict[str, str]]:
             env["CUDA_VISIBLE_DEVICES"] = devices[slot % len(devices)]
         envs.append(env)
     return envs
+
+
+def _run_as_jobs(
+    plan: Sequence[PlannedCell], settings: CellSettings, out: Path, bar: Any, outcome: MatrixOutcome
+) -> MatrixOutcome:
+    """Pending cells as one submitit array job (``launcher.py``); records in plan order."""
+    from mlr_bench.benchmark.launcher import SlurmOptions, submit_cells, wait_for_jobs
+
+    total = len(plan)
+    records: list[dict[str, Any] | None] = [item.record for item in plan]
+    for index, item in enumerate(plan, start=1):
+        if item.record is not None:
+            bar.write(status_line(index, total, item.record, note="  (done before: skipped)"))
+    todo = [i for i, item in enumerate(plan) if item.record is None]
+    if todo:
+        options = settings.slurm or SlurmOptions()
+        folder = out / ".submitit"
+        jobs = submit_cells([plan[i] for i in todo], settings, settings.launcher, folder, options)
+        bar.write(
+            f"mlr-bench benchmark: {len(jobs)} cell(s) submitted ({settings.launcher}); job "
+            f"logs in {folder}"
+        )
+        bar.set_postfix_str(f"{len(jobs)} jobs submitted")
+
+        def done(k: int, attempt: Attempt) -> None:
+            i = todo[k]
+            records[i] = _account(plan[i], attempt, settings, outcome, bar, i + 1, total)
+
+        wait_for_jobs(jobs, done)
+    outcome.records.extend(r for r in records if r is not None)
+    return outcome
 
 
 def _run_parallel(
