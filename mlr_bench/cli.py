@@ -763,20 +763,6 @@ def print_registry(out: Any = None) -> int:
     return 0
 
 
-def _prepare(argv: list[str]) -> int:
-    """``mlr-bench prepare <dataset> --root DIR``: download, verify, extract, validate."""
-    from mlr_bench.prepare import prepare_main
-
-    return prepare_main(argv)
-
-
-def _captions(argv: list[str]) -> int:
-    """``mlr-bench captions --data NAME --llm DIR ...``: LLM sentences for text-only training."""
-    from mlr_bench.text.generate import captions_main
-
-    return captions_main(argv, class_names_for=class_names_for)
-
-
 def class_names_for(data: str) -> list[str]:
     """Class names of a dataset by short name, without needing its files on disk."""
     from mlr_bench.text.synonyms import synonym_table
@@ -788,27 +774,26 @@ def class_names_for(data: str) -> list[str]:
     return list(CLASS_NAMES) if data == "world" else synonym_table(data)[0]
 
 
-def _benchmark(argv: list[str]) -> int:
-    """``mlr-bench benchmark --methods all --data world --seeds 1,2,3``: the matrix."""
-    from mlr_bench.benchmark import benchmark_main
-
-    return benchmark_main(argv)
-
-
-def _generate(argv: list[str]) -> int:
-    """``mlr-bench generate --generator world|diffusers ...``: text-to-image training images."""
-    from mlr_bench.generation.cli import generate_main
-
-    return generate_main(argv)
-
-
-#: Commands outside LightningCLI: name -> function(argv) returning an exit code.
+#: Commands outside LightningCLI: name -> "module:function" taking argv, returning an exit
+#: code. Named, not imported: those modules import this one (a benchmark cell runs the CLI),
+#: so the CLI must not import them back; each is imported when its command runs.
 EXTRA_COMMANDS = {
-    "prepare": _prepare,
-    "captions": _captions,
-    "benchmark": _benchmark,
-    "generate": _generate,
+    "prepare": "mlr_bench.prepare:prepare_main",
+    "captions": "mlr_bench.text.generate:captions_main",
+    "benchmark": "mlr_bench.benchmark.command:benchmark_main",
+    "generate": "mlr_bench.generation.cli:generate_main",
 }
+
+
+def run_extra_command(name: str, argv: list[str]) -> int:
+    """Import and run one of :data:`EXTRA_COMMANDS`."""
+    import importlib
+
+    module, function = EXTRA_COMMANDS[name].split(":")
+    command = getattr(importlib.import_module(module), function)
+    if name == "captions":  # the captions command learns class names without dataset files
+        return command(argv, class_names_for=class_names_for)
+    return command(argv)
 
 
 def _report_plugin_failures() -> None:
@@ -837,7 +822,7 @@ def run_cli(argv: Sequence[str] | None = None) -> MLRBenchCLI | None:
     token = None
     try:
         if args[:1] and args[0] in EXTRA_COMMANDS:
-            code = EXTRA_COMMANDS[args[0]](args[1:])
+            code = run_extra_command(args[0], args[1:])
             if code:
                 raise SystemExit(code)
             return None

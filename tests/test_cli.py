@@ -166,3 +166,23 @@ def test_prepare_is_a_cli_command(tmp_path, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "Concepts81.txt" in err and "incomplete" in err
+
+
+def test_the_cli_does_not_import_the_benchmark_that_imports_it():
+    """No import circle: a benchmark cell imports the CLI; the CLI names the benchmark command
+    as a string (EXTRA_COMMANDS) and imports it only when that command runs."""
+    import ast
+
+    import mlr_bench.cli as cli
+
+    tree = ast.parse(Path(cli.__file__).read_text())
+    imported = [
+        node.module if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    ]
+    assert not [m for m in imported if m and m.startswith("mlr_bench.benchmark")]
+    code = "import sys, mlr_bench.cli; print('mlr_bench.benchmark' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
