@@ -438,7 +438,9 @@ def _run_parallel(
             for future in done:
                 i, item = futures[future]
                 records[i] = _account(item, future.result(), settings, outcome, bar, i + 1, total)
-            bar.set_postfix_str(f"{min(len(pending), settings.workers)} cells running")
+            running = f"{min(len(pending), settings.workers)} cells running"
+            if done:  # only on a change: each update redraws the bar
+                bar.set_postfix_str(running)
     except BaseException:
         request_stop()  # every worker kills its cell; finished cells are kept
         pool.shutdown(wait=True, cancel_futures=True)
