@@ -21,12 +21,15 @@ install:
 	else echo "$(VENV) is up to date"; fi
 
 # Every registered method on the synthetic world with its world recipe
-# (configs/experiment/<method>_world.yaml), 2 cells at once (one thread each), 1 seed (3 seeds: `mlr-bench benchmark --methods all
-# --data world --seeds 1,2,3`). Writes runs/demo/
-# {leaderboard.md,results.csv,results.json,plots/}.
+# (configs/experiment/<method>_world.yaml), 2 cells at once (one thread each), 1 seed, each
+# method trained for 2% of its reference optimizer steps (the full world benchmark: 5%, 3 seeds:
+# `mlr-bench benchmark --methods all --data world --seeds 1,2,3`; docs/budgets.md). Writes
+# runs/demo/{leaderboard.md,results.csv,results.json,plots/}.
 # Resumable: a re-run skips finished cells (delete runs/demo to start over).
+DEMO_BUDGET ?= 0.02
 demo: install
-	$(VENV)/bin/mlr-bench benchmark --methods all --data world --seeds 1 --workers 2 --out runs/demo
+	$(VENV)/bin/mlr-bench benchmark --methods all --data world --seeds 1 --workers 2 \
+		--out runs/demo -- --trainer.budget_fraction $(DEMO_BUDGET)
 
 # Tests run in TEST_WORKERS processes (pytest-xdist; most tests use one core, so 2 workers
 # keep a 2-core machine busy). TEST_WORKERS=0 runs them in this process.

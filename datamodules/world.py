@@ -223,6 +223,13 @@ class World(MLRDataModule):
         """Render a caption in the world's "generated" style (the Stable Diffusion stand-in)."""
         return render_caption(caption, np.random.default_rng(seed), image_size=self.scene_size)
 
+    def train_size(self, kind: str) -> int:
+        """Generated images are counted from their requests, without rendering them."""
+        if kind == GENERATED_IMAGES and not self.generated_dir:
+            items = caption_items(self.caption_corpus, CLASS_NAMES, self.num_generated)
+            return len(items) * self.images_per_caption
+        return super().train_size(kind)
+
     def generated_folder(self) -> Path:
         """``generated_dir`` when given (e.g. made by ``mlr-bench generate --generator world
         --data world``); otherwise renders the first ``num_generated`` labelled captions with

@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from mlr_bench.batch import TEXT, FeatureBatch
+from mlr_bench.budget_policy import StagePlan
 from mlr_bench.checkpoints import CheckpointError, load_weights_file
 from mlr_bench.clip import CLIPBackbone
 from mlr_bench.clip.prompts import PromptEncoder, init_context, spatial_softmax_pool
@@ -304,6 +305,28 @@ class PVP(EvalConstantsMixin, FeatureMethod):
         if self.stage == "pretrain":
             return TextRequest(self.pretrain_text_source, self.pretrain_template_copies)
         return TextRequest(self.text_source, self.template_copies)
+
+    def budget_plan(self) -> list[StagePlan]:
+        """The budget policy's view (:mod:`mlr_bench.budget_policy`): stage 1 on its sentences
+        (unless its prompts are given), then stage 2 on its own text."""
+        first = TextRequest(self.pretrain_text_source, self.pretrain_template_copies)
+        if self.stage == "pretrain":
+            return [StagePlan("pretrain", first)]
+        plan = [StagePlan("train", self.text_request())]
+        if self.stage == "both" and self.pretrained_prompts is None:
+            plan.insert(0, StagePlan("pretrain", first, self.set_stage1_epochs))
+        return plan
+
+    def set_stage1_epochs(self, epochs: int) -> None:
+        """Stage 1 runs ``epochs`` epochs of a cosine that spans the same multiple of them as
+        before (the reference's hand-off, 41 epochs of a 100-epoch schedule, stays 41:100)."""
+        run, span = self.stage1_epochs()
+        stop = None if self.pretrain_stop_epoch is None else epochs
+        for name, value in (("pretrain_epochs", max(epochs, round(epochs * span / run))),
+                            ("pretrain_stop_epoch", stop)):  # fmt: skip
+            setattr(self, name, value)
+            self.settings[name] = value
+            self.hparams[name] = value
 
     # ---- stage 1 artifact ----------------------------------------------------------------
     def stage1_epochs(self, run_epochs: int | None = None) -> tuple[int, int]:

@@ -217,7 +217,18 @@ class MLRTrainer(Trainer):
     """A Trainer with ``train`` (the benchmark unit, fit followed by test) that also fits the
     prior stage a staged method asks for (PVP's pre-training) before the method itself."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, budget_fraction: float | None = None, **kwargs: Any) -> None:
+        """
+        Args:
+            budget_fraction: train every stage for this fraction of the method's reference
+                optimizer steps, epochs derived from the corpus (:mod:`mlr_bench.budget_policy`;
+                the world recipes' policy); None: ``max_epochs`` as given.
+        """
+        if budget_fraction is not None and not budget_fraction > 0:
+            raise MLRBenchError(
+                f"--trainer.budget_fraction must be a number > 0, got {budget_fraction!r}"
+            )
+        self.budget_fraction = budget_fraction
         self.init_kwargs = dict(kwargs)  # a prior stage's Trainer runs on the same devices
         kwargs.update(_atomic_checkpoint_plugins(kwargs))  # keep `**kwargs`: jsonargparse reads it
         kwargs["callbacks"] = _with_budget_meter(kwargs.get("callbacks"))
@@ -231,6 +242,12 @@ class MLRTrainer(Trainer):
         the usual ``last.ckpt`` (hyperparameters only) so ``train``/``test`` work as for others.
         """
         datamodule = kwargs.get("datamodule") or (args[2] if len(args) > 2 else None)
+        if self.budget_fraction is not None and datamodule is not None:
+            from mlr_bench.budget_policy import apply_budget_fraction
+
+            model.budget_policy = apply_budget_fraction(
+                self, model, datamodule, self.budget_fraction
+            )
         fit_prior_stage(self, self.init_kwargs, model, datamodule)
         trainable = any(p.requires_grad for p in model.parameters())
         if trainable or not isinstance(self.strategy, DDPStrategy):
@@ -406,7 +423,14 @@ class MLRBenchCLI(LightningCLI):
         if trainer is None or trainer.get("fast_dev_run"):
             return
         unset = trainer.get("max_epochs") is None and trainer.get("max_time") is None
-        if unset and trainer.get("max_steps") in (None, -1):
+        unset = unset and trainer.get("max_steps") in (None, -1)
+        if trainer.get("budget_fraction") is not None and not unset:
+            print(
+                f"mlr-bench: --trainer.budget_fraction {trainer['budget_fraction']} is off: "
+                "max_epochs, max_steps or max_time is set, and wins"
+            )
+            trainer["budget_fraction"] = None
+        if unset:
             model = config.get("model")
             cls = load_class(str(getattr(model, "class_path", "") or ""))
             defaults = {**DEFAULT_TRAINER, **dict(getattr(cls, "trainer_defaults", {}))}

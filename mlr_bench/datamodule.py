@@ -181,6 +181,13 @@ class MLRDataModule(LightningDataModule):
             return ImageFeatureDataset(self.generated_cache())
         raise NotImplementedError(f"{type(self).__name__} provides no '{kind}' training data")
 
+    def train_size(self, kind: str) -> int:
+        """Training samples of one kind (the budget policy's epoch arithmetic); subclasses that
+        know a count without building the kind's feature cache may say so cheaply."""
+        if kind == TEXT:
+            return len(self.training_corpus())
+        return len(self.train_dataset(kind))
+
     def identity(self, split: str) -> dict[str, Any]:
         """What identifies the data of ``split`` in a feature cache key.
 

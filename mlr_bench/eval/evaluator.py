@@ -276,7 +276,8 @@ def _budget(pl_module: LightningModule, datamodule: Any) -> dict[str, Any] | Non
 
     method = registry.name_for_class("method", type(pl_module))
     dataset = registry.name_for_class("data", type(datamodule)) if datamodule else None
-    return budget_record(getattr(pl_module, "budget_stages", None), method, dataset)
+    policy = getattr(pl_module, "budget_policy", None)
+    return budget_record(getattr(pl_module, "budget_stages", None), method, dataset, policy)
 
 
 def _protocol(datamodule: Any) -> dict[str, Any] | None:
