@@ -550,6 +550,14 @@ class PVP(EvalConstantsMixin, FeatureMethod):
         return self.class_prototypes()
 
     def score_features(self, batch: FeatureBatch) -> Tensor:
+        """The equal-weight sum of :meth:`branch_logits` (the reference's inference)."""
+        total: Tensor = sum(self.branch_logits(batch).values())  # left to right, as before
+        return total
+
+    def branch_logits(self, batch: FeatureBatch) -> dict[str, Tensor]:
+        """Each branch's ``[B, C]`` logits: after stage 1 ``text_global``, ``text_local``,
+        ``pvp_global`` and ``pvp_local``; in stage 1 the two PVP branches alone (what it has
+        learned). Kept apart so that a diagnosis can score each one on its own."""
         protos = self.current_eval_constants()
         pooled = batch["global_no_pos"] if self.global_pool == "no_pos" else batch["global"]
         pooled = pooled.float()
@@ -560,17 +568,18 @@ class PVP(EvalConstantsMixin, FeatureMethod):
         if self.swap_test_spatial_scales:
             text_scale, pvp_scale = pvp_scale, text_scale
         scale = self.logit_scale
-        if self.stage == "pretrain":  # PVPs alone: what stage 1 has learned
-            return scale * pooled @ protos["pvp_g"].T + self._local(
-                dense, protos["pvp_l"], pvp_scale, None
-            )
+        if self.stage == "pretrain":
+            return {
+                "pvp_global": scale * pooled @ protos["pvp_g"].T,
+                "pvp_local": self._local(dense, protos["pvp_l"], pvp_scale, None),
+            }
         adapted = self.image_adapter(pooled)
-        return (
-            scale * adapted @ protos["text_g"].T
-            + self._local(dense, protos["text_l"], text_scale, None)
-            + scale * adapted @ protos["pvp_g"].T
-            + self._local(dense, protos["pvp_l"], pvp_scale, None)
-        )
+        return {
+            "text_global": scale * adapted @ protos["text_g"].T,
+            "text_local": self._local(dense, protos["text_l"], text_scale, None),
+            "pvp_global": scale * adapted @ protos["pvp_g"].T,
+            "pvp_local": self._local(dense, protos["pvp_l"], pvp_scale, None),
+        }
 
     def configure_optimizers(self) -> dict[str, Any]:
         sgd = {"momentum": self.momentum, "weight_decay": self.weight_decay}

@@ -215,7 +215,7 @@ def test_both_stages_from_the_cli_cache_stage1_and_reload_it(tmp_path, capsys):
         assert budget["stages"]["pretrain"]["optimizer_steps"] == 3
         assert budget["stages"]["pretrain"].get("cached", False) is cached
         assert budget["stages"]["train"]["optimizer_steps"] == 3 and budget["optimizer_steps"] == 6
-        assert budget["reference"] is None  # the world has no reference recipe
+        assert budget["reference"]["dataset"] == "coco2014"  # the world borrows COCO's
     from_dir = _train(
         tmp_path / "third",
         "--method.stage",
