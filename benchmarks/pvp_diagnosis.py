@@ -29,8 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mlr_bench.eval.metrics import compute_metrics
 from mlr_bench.cli_messages import load_class
+from mlr_bench.eval.metrics import compute_metrics
 
 PVP_SUMS = {
     "text (global + local)": ("text_global", "text_local"),
