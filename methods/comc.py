@@ -11,7 +11,7 @@ score 0.5 · global + 0.5 · max over locations.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -24,6 +24,7 @@ from mlr_bench.clip.prompts import hand_prompt_embeddings
 from mlr_bench.losses import ranking_loss
 from mlr_bench.method import FeatureMethod
 from mlr_bench.schedules import warmup_cosine
+from mlr_bench.sweep.space import Interval, LogScale, Spec
 from mlr_bench.text.corpus import SENTENCES, TextRequest
 
 
@@ -32,6 +33,15 @@ class CoMC(FeatureMethod):
 
     requires: ClassVar[frozenset[str]] = frozenset({TEXT})
     text_features: ClassVar[frozenset[str]] = frozenset({"eot"})
+    #: What ``mlr-bench sweep`` tunes, around the recipe's values (``docs/sweep.md``).
+    search_space: ClassVar[Mapping[str, Spec]] = {
+        "lr": LogScale(10),
+        "weight_decay": LogScale(10),
+        "noise_std": LogScale(4),
+        "margin": LogScale(4),
+        "fusion_weight": Interval(0.0, 0.6),
+        "merge_rate": Interval(0.0, 1.0),
+    }
 
     def __init__(
         self,

@@ -45,6 +45,7 @@ from mlr_bench.method import EvalConstantsMixin, FeatureMethod
 from mlr_bench.runs import run_dir
 from mlr_bench.schedules import SCHEDULE_VERSION, warmup_cosine
 from mlr_bench.stages import PriorStage, trainer_limits
+from mlr_bench.sweep.space import Interval, LogScale, Spec
 from mlr_bench.text.corpus import SENTENCES, TextRequest
 
 Stage = Literal["pretrain", "finetune", "both"]
@@ -162,6 +163,15 @@ class PVP(EvalConstantsMixin, FeatureMethod):
 
     requires: ClassVar[frozenset[str]] = frozenset({TEXT})
     text_features: ClassVar[frozenset[str]] = frozenset({"eot", "tokens"})
+    #: What ``mlr-bench sweep`` tunes, around the recipe's values (``docs/sweep.md``).
+    search_space: ClassVar[Mapping[str, Spec]] = {
+        "lr": LogScale(10),
+        "adapter_lr": LogScale(10),
+        "pretrain_lr": LogScale(10),
+        "noise_std": LogScale(4),
+        "margin": LogScale(4),
+        "adapter_ratio": Interval(0.2, 1.0),
+    }
 
     @classmethod
     def checkpoint_identity(cls, hparams: Mapping[str, Any]) -> dict[str, Any]:

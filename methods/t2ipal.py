@@ -35,6 +35,7 @@ from mlr_bench.losses import ranking_loss
 from mlr_bench.method import FeatureMethod
 from mlr_bench.methods._dpt import DoublePromptMixin
 from mlr_bench.schedules import warmup_cosine
+from mlr_bench.sweep.space import Interval, LogScale, Spec
 from mlr_bench.text.corpus import CAPTIONS
 
 TrainOn = Literal["images", "captions", "both"]
@@ -75,6 +76,15 @@ class T2IPAL(DoublePromptMixin, FeatureMethod):
 
     requires: ClassVar[frozenset[str]] = KINDS["both"]
     text_features: ClassVar[frozenset[str]] = frozenset({"eot", "tokens"})
+    #: What ``mlr-bench sweep`` tunes, around the recipe's values (``docs/sweep.md``).
+    search_space: ClassVar[Mapping[str, Spec]] = {
+        "lr": LogScale(10),
+        "head_lr": LogScale(10),
+        "margin": LogScale(4),
+        "alpha": Interval(0.0, 0.4),
+        "caption_loss_weight": LogScale(4),
+        "merge_rate": Interval(0.0, 1.0),
+    }
 
     def __init__(
         self,

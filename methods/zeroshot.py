@@ -11,12 +11,15 @@ from mlr_bench.batch import FeatureBatch
 from mlr_bench.clip import CLIPBackbone
 from mlr_bench.clip.prompts import hand_prompt_embeddings, spatial_softmax_pool
 from mlr_bench.method import FeatureMethod
+from mlr_bench.sweep.space import Choice, Spec
 
 
 class ZeroShotCLIP(FeatureMethod):
     """Zero-shot CLIP baseline: no training, class prompts vs. the image (global, +dense)."""
 
     trainer_overrides: ClassVar[Mapping[str, Any]] = {"max_epochs": 1, "log_every_n_steps": 1}
+    #: ``mlr-bench sweep`` picks the prompt templates on validation (``docs/sweep.md``).
+    search_space: ClassVar[Mapping[str, Spec]] = {"templates": Choice(("single", "ensemble"))}
 
     def __init__(
         self,

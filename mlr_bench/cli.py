@@ -67,6 +67,7 @@ COMMAND_HELP = {
     "train": "fit, then test on the best (or --test_ckpt last) checkpoint",
     "list": "installed methods and datasets (plugins included) and backbones",
     "benchmark": "the method x dataset x seed matrix into a leaderboard",
+    "sweep": "equal-budget tuning of one method on one dataset (Optuna, val mAP only)",
     "generate": "text-to-image training images (Stable Diffusion or the world's renderer)",
     "prepare": "download, verify and extract a dataset (voc2007, coco2014, nuswide)",
     "captions": "LLM sentences for text-only training",
@@ -805,6 +806,7 @@ EXTRA_COMMANDS = {
     "prepare": "mlr_bench.prepare:prepare_main",
     "captions": "mlr_bench.text.generate:captions_main",
     "benchmark": "mlr_bench.benchmark.command:benchmark_main",
+    "sweep": "mlr_bench.sweep.command:sweep_main",
     "generate": "mlr_bench.generation.cli:generate_main",
 }
 

@@ -20,11 +20,13 @@ from mlr_bench.benchmark.process import Terminated, stop_on_signals
 from mlr_bench.benchmark.reference import load_reference
 from mlr_bench.benchmark.report import (
     by_protocol,
+    by_track,
     leaderboard_markdown,
     protocol_column,
     rows_to_csv,
     summarise,
     to_rows,
+    track_label,
 )
 from mlr_bench.benchmark.runner import (
     CellRunner,
@@ -129,7 +131,8 @@ def run_benchmark(
     settings = settings or mx.CellSettings()
     if settings.logger == "wandb":
         settings.project, settings.group = meta["name"], meta["id"]
-    cells = mx.expand(methods, datasets, seeds)
+    tracks = (mx.REFERENCE, mx.TUNED) if settings.tuned is not None else (mx.REFERENCE,)
+    cells = mx.expand(methods, datasets, seeds, tracks)
     planned = plan_cells(cells, out, settings, rerun)  # refuses before anything is written
     meta |= {
         "methods": list(methods),
@@ -139,6 +142,7 @@ def run_benchmark(
         "configs": [str(c) for c in settings.configs],
         "extra_args": list(settings.extra_args),
         "isolation": isolation,
+        **({"tuned": str(settings.tuned)} if settings.tuned is not None else {}),
     }
     try:
         atomic_write_json(out / META, meta)
@@ -175,8 +179,10 @@ def _write_outputs(
     atomic_write_json(
         files["results.json"], {"benchmark": meta, "columns": columns, "rows": json_rows}
     )
-    records = by_protocol(records)  # leaderboard and plots: one column per protocol
-    all_methods = _names_in_order(methods, records, "method")
+    records = by_track(by_protocol(records))  # leaderboard and plots: one column per protocol
+    tracks = [mx.REFERENCE, mx.TUNED] if settings.tuned is not None else [mx.REFERENCE]
+    asked_rows = [track_label(m, t) for m in methods for t in tracks]  # and one row per track
+    all_methods = _names_in_order(asked_rows, records, "method")
     asked = [protocol_column({"dataset": d, "protocol": settings.protocol}) for d in datasets]
     all_datasets = _names_in_order(asked, records, "dataset")
     all_seeds = sorted(set(seeds) | {int(r["seed"]) for r in records if r.get("status") == "ok"})
@@ -300,6 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder of <method>_<dataset>.yaml recipes ('none': always --method/--data)",
     )
     parser.add_argument(
+        "--tuned",
+        type=Path,
+        metavar="DIR",
+        help="add the tuned track: every cell again with the hyperparameters a sweep chose, "
+        "DIR/<method>-<dataset>/best.yaml (`mlr-bench sweep --out DIR/<method>-<dataset>`); "
+        "the leaderboard labels its rows '<method> (tuned)'",
+    )
+    parser.add_argument(
         "--isolation",
         choices=["subprocess", "in-process"],
         default="subprocess",
@@ -372,6 +386,8 @@ def benchmark_main(argv: Sequence[str]) -> int:
     methods = mx.resolve_names("method", args.methods)
     datasets = mx.resolve_names("data", args.data)
     seeds = mx.parse_seeds(args.seeds)
+    if args.tuned is not None:
+        settings.tuned = check_tuned(args.tuned.expanduser(), methods, datasets)
     if recipes is not None and recipes.resolve() != mx.DEFAULT_RECIPES:
         missing = [
             c.name for c in mx.expand(methods, datasets, seeds[:1]) if not mx.recipe_for(c, recipes)
@@ -429,11 +445,33 @@ def benchmark_main(argv: Sequence[str]) -> int:
     return code
 
 
+def check_tuned(folder: Path, methods: Sequence[str], datasets: Sequence[str]) -> Path:
+    """``--tuned DIR`` must hold a sweep's ``best.yaml`` for every method and dataset asked."""
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise MLRBenchError(
+            f"--tuned: {folder} {what}; expected a folder of sweep outputs, "
+            "<method>-<dataset>/best.yaml"
+        )
+    folder = folder.resolve()
+    cells = [mx.Cell(m, d, 0, mx.TUNED) for d in datasets for m in methods]
+    missing = [c for c in cells if not (folder / f"{c.method}-{c.dataset}/best.yaml").is_file()]
+    if missing:
+        raise MLRBenchError(
+            f"--tuned {folder}: no best.yaml for "
+            + ", ".join(f"{c.method}-{c.dataset}" for c in missing)
+            + "; run e.g. `mlr-bench sweep --method "
+            f"{missing[0].method} --data {missing[0].dataset} --trials N --out "
+            f"{folder / f'{missing[0].method}-{missing[0].dataset}'}` first"
+        )
+    return folder
+
+
 def _list_cells(records: list[dict], status: str, line: str) -> None:
     """One stderr line per cell of ``status``, formatted from its name and error fields."""
     for record in records:
         if record.get("status") == status:
-            name = f"{record['method']}-{record['dataset']}-s{record['seed']}"
+            name = mx.record_name(record)
             print(
                 line.format(
                     name=name, error=record.get("error"), error_file=record.get("error_file")

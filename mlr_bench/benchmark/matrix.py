@@ -26,19 +26,24 @@ LOGGERS: dict[str, str | None] = {
     "tensorboard": "mlr_bench.loggers.MLRTensorBoardLogger",
     "wandb": "mlr_bench.loggers.MLRWandbLogger",
 }
+#: Tracks of the matrix: the recipes' hyperparameters, or those a sweep chose (``--tuned``).
+REFERENCE, TUNED = "reference", "tuned"
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One run of the matrix: a method on a dataset with a seed, in its own folder."""
+    """One run of the matrix: a method on a dataset with a seed, in its own folder; on the
+    tuned track with the hyperparameters its sweep chose (``mlr-bench sweep``)."""
 
     method: str
     dataset: str
     seed: int
+    track: str = REFERENCE
 
     @property
     def name(self) -> str:
-        return f"{self.method}-{self.dataset}-s{self.seed}"
+        track = "" if self.track == REFERENCE else f"-{self.track}"
+        return f"{self.method}-{self.dataset}{track}-s{self.seed}"
 
 
 @dataclass
@@ -64,6 +69,9 @@ class CellSettings:
     slurm: Any = None
     project: str = "mlr-bench"
     group: str = "benchmark"
+    #: Folder of sweep outputs, ``<tuned>/<method>-<dataset>/best.yaml`` (``--tuned``): adds
+    #: the tuned track.
+    tuned: Path | None = None
 
 
 def split_list(option: str, value: str) -> list[str]:
@@ -127,9 +135,34 @@ def resolve_names(kind: str, value: str) -> list[str]:
     return list(dict.fromkeys(known[n.lower()].name for n in wanted))
 
 
-def expand(methods: Sequence[str], datasets: Sequence[str], seeds: Sequence[int]) -> list[Cell]:
-    """Cells in run order: dataset, then method, then seed (one method's seeds side by side)."""
-    return [Cell(m, d, s) for d in datasets for m in methods for s in seeds]
+def expand(
+    methods: Sequence[str],
+    datasets: Sequence[str],
+    seeds: Sequence[int],
+    tracks: Sequence[str] = (REFERENCE,),
+) -> list[Cell]:
+    """Cells in run order: dataset, method, track, then seed (one method's seeds side by side)."""
+    return [Cell(m, d, s, t) for d in datasets for m in methods for t in tracks for s in seeds]
+
+
+def track_of(record: Mapping[str, Any]) -> str:
+    """A record's track: its own key, else its stored settings' (absent: reference)."""
+    settings = record.get("settings")
+    stored = settings.get("track") if isinstance(settings, Mapping) else None
+    return record.get("track") or stored or REFERENCE
+
+
+def record_name(record: Mapping[str, Any]) -> str:
+    """The name of the cell a record came from (``comc-world-tuned-s1``)."""
+    cell = Cell(record["method"], record["dataset"], record["seed"], track_of(record))
+    return cell.name
+
+
+def tuned_config(cell: Cell, settings: CellSettings) -> Path | None:
+    """The sweep's ``best.yaml`` of a tuned-track cell (None on the reference track)."""
+    if cell.track != TUNED or settings.tuned is None:
+        return None
+    return settings.tuned / f"{cell.method}-{cell.dataset}" / "best.yaml"
 
 
 def recipe_for(cell: Cell, recipes: Path | None) -> Path | None:
@@ -154,6 +187,9 @@ def cell_args(cell: Cell, cell_dir: Path, settings: CellSettings) -> list[str]:
         args += ["--method", cell.method, "--data", cell.dataset]
     for config in settings.configs:
         args += ["--config", str(config)]
+    tuned = tuned_config(cell, settings)
+    if tuned is not None:
+        args += ["--config", str(tuned)]
     args += ["--seed_everything", str(cell.seed), "--trainer.default_root_dir", str(cell_dir)]
     if settings.max_epochs is not None:
         args += ["--trainer.max_epochs", str(settings.max_epochs)]
@@ -205,6 +241,8 @@ def cell_settings(cell: Cell, settings: CellSettings) -> dict[str, Any]:
     change the numbers. The logger is in: it decides what a finished cell has logged.
     """
     recipe = recipe_for(cell, settings.recipes)
+    tuned = tuned_config(cell, settings)
+    track = {"track": cell.track, "tuned": _file_entry(tuned)} if tuned is not None else {}
     return {
         "method": cell.method,
         "dataset": cell.dataset,
@@ -215,6 +253,7 @@ def cell_settings(cell: Cell, settings: CellSettings) -> dict[str, Any]:
         "logger": settings.logger or "csv",  # csv is the default: the same cell
         "protocol": settings.protocol,
         "extra_args": list(settings.extra_args),
+        **track,  # reference cells: no key, as before tracks existed
     }
 
 
@@ -229,12 +268,16 @@ def comparable(stored: Mapping[str, Any]) -> dict[str, Any]:
     view["configs"] = [content(c) for c in view["configs"] or []]
     if view["protocol"] in (None, CLEAN):  # cells stored before protocols ran clean
         del view["protocol"]  # (and keep the fingerprints they were stored with)
+    view["tuned"] = content(view["tuned"])
+    for key in ("track", "tuned"):  # the reference track, as before tracks existed
+        if view[key] in (None, REFERENCE):
+            del view[key]
     return view
 
 
 #: The settings a stored cell is compared on, in message order.
 SETTING_KEYS = ("method", "dataset", "seed", "recipe", "configs", "max_epochs", "logger")
-SETTING_KEYS += ("protocol", "extra_args")
+SETTING_KEYS += ("protocol", "extra_args", "track", "tuned")
 
 
 def fingerprint(stored: Mapping[str, Any]) -> str:
@@ -252,6 +295,10 @@ def _show(key: str, value: Any) -> str:
         return repr(" ".join(value or []))
     if key == "protocol":
         return value or CLEAN
+    if key == "track":
+        return value or REFERENCE
+    if key == "tuned":
+        return "none" if value is None else str(value.get("path"))
     return "not set" if value is None else str(value)
 
 
@@ -260,7 +307,7 @@ def settings_diff(stored: Mapping[str, Any], now: Mapping[str, Any]) -> list[str
     old, new = comparable(stored), comparable(now)
     lines = []
     for key in SETTING_KEYS:
-        if old.get(key, CLEAN) == new.get(key, CLEAN):  # only "protocol" may be absent
+        if old.get(key, CLEAN) == new.get(key, CLEAN):  # protocol, track, tuned may be absent
             continue
         before, after = _show(key, stored.get(key)), _show(key, now.get(key))
         if before == after:  # same path, other content
@@ -271,5 +318,7 @@ def settings_diff(stored: Mapping[str, Any], now: Mapping[str, Any]) -> list[str
             label = "args after --"
         elif key == "configs":
             label = "--config"
+        elif key == "tuned":
+            label = "--tuned config"
         lines.append(f"{label}: {before} (stored) -> {after} (now)")
     return lines

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from mlr_bench.benchmark.matrix import REFERENCE, track_of
 from mlr_bench.benchmark.reference import CellSetting, ReferenceTable, Reported, cell_setting
 from mlr_bench.benchmark.uncertainty import Interval
 from mlr_bench.protocol import CLEAN
@@ -39,11 +40,17 @@ def metric_columns(records: Sequence[dict[str, Any]]) -> list[str]:
 def to_rows(records: Sequence[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
     """One flat row per cell (failed cells included, with empty metrics)."""
     metrics = metric_columns(records)
-    columns = ID_COLUMNS + metrics + BUDGET_COLUMNS + COST_COLUMNS + TAIL_COLUMNS
+    ids = list(ID_COLUMNS)
+    tracks = any(track_of(r) != REFERENCE for r in records)
+    if tracks:  # a "track" column only beside tuned cells: tables without them are unchanged
+        ids.insert(1, "track")
+    columns = ids + metrics + BUDGET_COLUMNS + COST_COLUMNS + TAIL_COLUMNS
     rows = []
     for record in records:
         row = {c: record.get(c) for c in columns}
         row.update({m: (record.get("metrics") or {}).get(m) for m in metrics})
+        if tracks:
+            row["track"] = track_of(record)
         rows.append(row)
     return columns, rows
 
@@ -75,6 +82,23 @@ def by_protocol(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def column_dataset(column: str) -> str:
     """The dataset of a leaderboard column (``voc2007 [reference]`` -> ``voc2007``)."""
     return column.split(" [", 1)[0]
+
+
+# ---- tracks: one row each ---------------------------------------------------------------------
+def track_label(method: str, track: str) -> str:
+    """The leaderboard row of a method on a track: ``pvp`` or ``pvp (tuned)``."""
+    return method if track == REFERENCE else f"{method} ({track})"
+
+
+def by_track(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``records`` with ``method`` replaced by :func:`track_label`, so that the tuned and the
+    reference track of a method are never averaged together."""
+    return [
+        {**r, "method": track_label(r["method"], track_of(r))}
+        if r.get("method") and track_of(r) != REFERENCE
+        else r
+        for r in records
+    ]
 
 
 # ---- aggregation ------------------------------------------------------------------------------
@@ -337,6 +361,17 @@ def leaderboard_markdown(
                 "",
             ]
             if any(column_dataset(d) != d for d in datasets)
+            else []
+        ),
+        *(
+            [
+                "**Tracks:** rows marked *(tuned)* ran with the hyperparameters `mlr-bench "
+                "sweep` chose on validation mAP at the recipe's training budget (`--tuned`); "
+                "unmarked rows ran the recipes' reference hyperparameters. The two tracks are "
+                "never averaged together.",
+                "",
+            ]
+            if any(track_of(r) != REFERENCE for r in records)
             else []
         ),
         *(

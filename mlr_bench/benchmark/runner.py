@@ -31,11 +31,13 @@ from tqdm.auto import tqdm
 from mlr_bench.benchmark.cell import CELL, ERROR, LOG, RESULT, describe_failure, run_and_record
 from mlr_bench.benchmark.lock import LOCK, CellBusy, cell_lock, held_fd, note_cell_process
 from mlr_bench.benchmark.matrix import (
+    REFERENCE,
     Cell,
     CellSettings,
     cell_args,
     cell_settings,
     fingerprint,
+    record_name,
     settings_diff,
 )
 from mlr_bench.benchmark.process import (
@@ -154,7 +156,7 @@ def busy_record(cell: Cell, cell_dir: Path, holder: str) -> dict[str, Any]:
 
 def status_line(index: int, total: int, record: dict[str, Any], note: str = "") -> str:
     """One line per finished cell: name, mAP, times and memory (or the error)."""
-    name = f"{record['method']}-{record['dataset']}-s{record['seed']}"
+    name = record_name(record)
     head = f"[{index}/{total}] {record['status']:<6} {name}"
     if record["status"] == "running":
         return f"{head}  {record.get('error', '')}"
@@ -335,6 +337,8 @@ def _account(
             record = failed_record(cell, cell_dir)
             outcome.failed.append(cell.name)
     assert record is not None
+    if cell.track != REFERENCE:  # failed and busy records too
+        record = {**record, "track": cell.track}
     if record.get("status") != "ok":  # a finished cell records the protocol it ran
         record.setdefault("protocol", settings.protocol)
     bar.write(status_line(index, total, record))
