@@ -80,12 +80,14 @@ def test_outputs_have_expected_columns(matrix) -> None:
     data = json.loads((root / "out" / "results.json").read_text())
     assert [r["seed"] for r in data["rows"]] == [1, 2, 1, 2]
     assert set(COLUMNS) <= set(data["columns"])
-    # budgets: CoMC's steps recorded (1 epoch), zero-shot trains nothing; no world reference
+    # budgets: CoMC's steps recorded (1 epoch) against its COCO reference (the world's
+    # anchor, 4,200 steps); zero-shot trains nothing and has no ratio
     steps = {r["method"]: r["optimizer_steps"] for r in data["rows"]}
     assert steps["comc"] > 0 and steps["zeroshot"] == 0
-    assert {r["steps_x_reference"] for r in data["rows"]} == {None}
+    ratios = {r["method"]: r["steps_x_reference"] for r in data["rows"]}
+    assert ratios["zeroshot"] is None and ratios["comc"] == steps["comc"] / 4200
     board = (root / "out" / "leaderboard.md").read_text()
-    assert f" · {steps['comc']:,} steps" in board
+    assert f" · {steps['comc']:,} steps ({steps['comc'] / 4200:.2g}× ref)" in board
     # intervals from the kept per-image scores, paired over the two methods
     assert "## Uncertainty" in board and "bootstrap replicates" in board
 
