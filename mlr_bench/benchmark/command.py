@@ -16,7 +16,7 @@ from typing import Any
 from mlr_bench.benchmark import matrix as mx
 from mlr_bench.benchmark.launcher import LAUNCHERS, SlurmOptions
 from mlr_bench.benchmark.plots import plot_all
-from mlr_bench.benchmark.process import Terminated, stop_on_signals
+from mlr_bench.benchmark.process import report_interruption, stop_on_signals
 from mlr_bench.benchmark.reference import load_reference
 from mlr_bench.benchmark.report import (
     by_protocol,
@@ -406,13 +406,12 @@ def benchmark_main(argv: Sequence[str]) -> int:
                 rerun=args.rerun,
             )  # fmt: skip
     except KeyboardInterrupt as exc:
-        how = f"stopped by {exc}" if isinstance(exc, Terminated) else "interrupted"
-        print(
-            f"\nmlr-bench benchmark: {how}; the running cell was stopped. Finished cells are "
-            f"kept in {args.out}; run the same command again to resume.",
-            file=sys.stderr,
+        return report_interruption(
+            exc,
+            "benchmark",
+            f"the running cell was stopped. Finished cells are kept in {args.out}; run the "
+            "same command again to resume.",
         )
-        return 128 + exc.signum if isinstance(exc, Terminated) else 130
     print()
     print(result.leaderboard)
     print("files:")

@@ -41,6 +41,14 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
+def report_interruption(exc: KeyboardInterrupt, command: str, detail: str) -> int:
+    """Say how ``mlr-bench <command>`` was stopped (``detail``: what is kept, how to resume)
+    and return its exit code: 128 + signal for SIGTERM/SIGHUP, 130 for Ctrl-C."""
+    how = f"stopped by {exc}" if isinstance(exc, Terminated) else "interrupted"
+    print(f"\nmlr-bench {command}: {how}; {detail}", file=sys.stderr)
+    return 128 + exc.signum if isinstance(exc, Terminated) else 130
+
+
 _terminating: list[int] = []
 #: Set by the benchmark's main thread to stop cells waited on by other threads (parallel
 #: cells): their waits raise KeyboardInterrupt, which kills their process groups.

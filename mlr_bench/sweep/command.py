@@ -21,7 +21,7 @@ import yaml
 from mlr_bench import registry
 from mlr_bench.benchmark import matrix as mx
 from mlr_bench.benchmark.command import prepare_out
-from mlr_bench.benchmark.process import Terminated, stop_on_signals
+from mlr_bench.benchmark.process import report_interruption, stop_on_signals
 from mlr_bench.errors import MLRBenchError
 from mlr_bench.sweep import outputs
 from mlr_bench.sweep import study as st
@@ -441,13 +441,12 @@ def sweep_main(argv: Sequence[str]) -> int:
         with stop_on_signals():
             outcome = run_sweep(spec)
     except KeyboardInterrupt as exc:
-        how = f"stopped by {exc}" if isinstance(exc, Terminated) else "interrupted"
-        print(
-            f"\nmlr-bench sweep: {how}; the running trial was stopped and will be retried. "
-            f"Finished trials are kept in the study; run the same command again to resume.",
-            file=sys.stderr,
+        return report_interruption(
+            exc,
+            "sweep",
+            "the running trial was stopped and will be retried. Finished trials are kept in "
+            "the study; run the same command again to resume.",
         )
-        return 128 + exc.signum if isinstance(exc, Terminated) else 130
     print()
     print(outputs.summary_text(outcome.summary, spec.out))
     if outcome.stopped_early:
