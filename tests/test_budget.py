@@ -122,3 +122,23 @@ def test_a_fit_under_the_policy_records_it(tmp_path: Path, capsys):
     run_cli(["fit", *args, "--trainer.max_epochs", "1", "--trainer.default_root_dir",
              str(tmp_path / "off")])  # fmt: skip
     assert "budget_fraction 0.02 is off" in capsys.readouterr().out
+
+
+def test_leaderboard_states_the_budget_policy():
+    from mlr_bench.benchmark.report import leaderboard_markdown
+
+    def record(method: str, seed: int, fraction: float | None) -> dict:
+        policy = None if fraction is None else {"budget_fraction": fraction}
+        return {"method": method, "dataset": "world", "seed": seed, "status": "ok",
+                "backbone": "world", "weights": "pretrained", "metrics": {"mAP": 60.0},
+                "budget": {"optimizer_steps": 10, "policy": policy}}  # fmt: skip
+
+    same = [record("taidpt", 1, 0.05), record("comc", 1, 0.05), record("zeroshot", 1, None)]
+    board = leaderboard_markdown("t", same, ["taidpt", "comc", "zeroshot"], ["world"], [1])
+    assert "every trained method got 0.05 of its reference optimizer steps" in board
+    assert "mixed fractions" not in board
+    mixed = [*same, record("taidpt", 2, 0.02)]
+    board = leaderboard_markdown("t", mixed, ["taidpt", "comc", "zeroshot"], ["world"], [1, 2])
+    assert "got 0.02 and 0.05 of" in board and "mixed fractions: compare with care" in board
+    board = leaderboard_markdown("t", [record("taidpt", 1, None)], ["taidpt"], ["world"], [1])
+    assert "Budget policy" not in board

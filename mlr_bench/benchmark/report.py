@@ -182,6 +182,23 @@ def _budget_text(summary: Summary) -> str:
     return f" · {steps:,.0f} steps{share}"
 
 
+def _policy_text(records: Sequence[dict[str, Any]]) -> str:
+    """The budget policy the trained cells ran under (docs/budgets.md), as one sentence."""
+    fractions = set()
+    for record in records:
+        policy = (record.get("budget") or {}).get("policy") or {}
+        if policy.get("budget_fraction") is not None:
+            fractions.add(float(policy["budget_fraction"]))
+    if not fractions:
+        return ""
+    shown = " and ".join(f"{f:g}" for f in sorted(fractions))
+    mixed = " (**mixed fractions: compare with care**)" if len(fractions) > 1 else ""
+    return (
+        f"**Budget policy:** every trained method got {shown} of its reference optimizer steps, "
+        f"epochs derived from its corpus{mixed}. "
+    )
+
+
 def _interval_text(interval: Interval | None) -> str:
     """`` [66.1, 68.5]``, with `` ≈ best`` when the best is not significantly better."""
     if interval is None:
@@ -346,6 +363,7 @@ def leaderboard_markdown(
         "*· N steps*: the optimizer steps its training took (all stages, mean over seeds), "
         "*(x× ref)* their share of the method's reference recipe on that dataset where known "
         "(`mlr_bench/budget.py`). "
+        f"{_policy_text(records)}"
         "Columns marked "
         "*(reported)* are published numbers, **not run here**, shown only beside cells run "
         "with pretrained weights in the setting they were reported in (backbone; test "
