@@ -1,7 +1,8 @@
 """Methods I on the synthetic world: zero-shot CLIP, TaI-DPT and CoMC over three seeds.
 
-Each method runs its reference recipe (``configs/experiment/<method>_world.yaml``: 20 epochs,
-batch 512, reference hyperparameters, bundled micro-CLIP) through the real CLI: fit (checkpoint
+Each method runs its world recipe (``configs/experiment/<method>_world.yaml``: batch 512,
+reference hyperparameters, bundled micro-CLIP, 5% of the reference optimizer steps under the
+budget policy of docs/budgets.md) through the real CLI: fit (checkpoint
 selected on the world's *validation* draw, never on test), then test the selected checkpoint.
 Prints test mAP (mean ± std over seeds), CF1/OF1 at the evaluator's threshold (score ≥ 0) and
 at top-3, and the fit wall time. The first run of each method also builds the shared feature
