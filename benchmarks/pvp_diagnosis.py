@@ -75,6 +75,14 @@ def pvp_cell(record: dict[str, Any]) -> dict[str, Any]:
     for name, parts in PVP_SUMS.items():
         out[name] = _map(sum(branches[p] for p in parts), targets)
     out["test/mAP (results file)"] = results["metrics"]["mAP"]
+    model.swap_test_spatial_scales = not model.swap_test_spatial_scales
+    swapped = model.branch_logits(feats)
+    model.swap_test_spatial_scales = not model.swap_test_spatial_scales
+    for name in ("text_local", "pvp_local"):
+        out[f"{name}, test spatial scales not swapped"] = _map(swapped[name], targets)
+    out["all four, scales not swapped"] = _map(sum(swapped.values()), targets)
+    out.update(_without_adapters(model, feats))
+    out.update(_stage1_alone(model, feats, Path(record["run_dir"]).parents[2]))
     out.update(_closeness(model, datamodule, feats))
     out["stage-1 loss per epoch"] = _stage1_curve(Path(record["run_dir"]).parents[2])
     return out
@@ -95,6 +103,41 @@ def taidpt_cell(record: dict[str, Any]) -> dict[str, Any]:
         "merged (TaI-DPT's inference)": _map((1 - r) * s_global + r * s_local, targets),
         "test/mAP (results file)": results["metrics"]["mAP"],
     }
+
+
+def _without_adapters(model: Any, feats: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The local branches with their class vectors taken before the adapters (raw local text
+    prompt, raw local PVP): does the adapter, trained on sentence-level (EOT) features, suit
+    the token-level vectors it is also applied to?"""
+    dense, targets = feats["dense"].float(), feats["target"]
+    text_scale, pvp_scale = model.text_spatial_scale, model.pvp_spatial_scale
+    if model.swap_test_spatial_scales:
+        text_scale, pvp_scale = pvp_scale, text_scale
+    raw_text = model.prompts(model.ctx_local)
+    _, raw_pvp = model.encode_pvps()
+    return {
+        "text_local, no text adapter": _map(
+            model._local(dense, raw_text, text_scale, None), targets
+        ),
+        "pvp_local, no image adapter": _map(model._local(dense, raw_pvp, pvp_scale, None), targets),
+    }
+
+
+def _stage1_alone(model: Any, feats: dict[str, torch.Tensor], cell_dir: Path) -> dict[str, float]:
+    """The stage-1 prompts as stage 2 received them (the cell's artifact), scored alone: what
+    pre-training on sentences gave before the adapters and the text prompts joined."""
+    from mlr_bench.methods.pvp import ARTIFACT_NAME, load_prompts
+
+    artifact = next(iter(sorted(cell_dir.rglob(ARTIFACT_NAME))), None)
+    if artifact is None:
+        return {}
+    stage1 = type(model)(**{**model.settings, "stage": "pretrain"}).eval()
+    for name, value in load_prompts(artifact, model.class_names).items():
+        getattr(stage1, name).data.copy_(value)
+    branches = stage1.branch_logits(feats)
+    out = {f"stage 1 alone: {k}": _map(v, feats["target"]) for k, v in branches.items()}
+    out["stage 1 alone: both"] = _map(sum(branches.values()), feats["target"])
+    return out
 
 
 def _closeness(model: Any, datamodule: Any, feats: dict[str, torch.Tensor]) -> dict[str, float]:
