@@ -1,9 +1,10 @@
 """T2I-PAL on the synthetic world: against zero-shot CLIP and TaI-DPT, plus its ablations.
 
-Every row runs through the real CLI on the same world (bundled micro-CLIP, the recipes' budget, batch
-512, the same caption corpus): fit with the checkpoint selected on the world's *validation*
-draw (never test), then test that checkpoint. T2I-PAL trains on images the world's renderer
-generates from the first ``num_generated`` captions plus those captions (``train_on: both``).
+Every row runs through the real CLI on the same world (bundled micro-CLIP, the recipes'
+budget, batch 512, the same caption corpus): fit with the checkpoint selected on the world's
+*validation* draw (never test), then test that checkpoint. T2I-PAL trains on images the
+world's renderer generates from the first ``num_generated`` captions plus those captions
+(``train_on: both``).
 Prints test mAP (mean ± std over seeds) and the fit wall time for
 
 - zero-shot CLIP, TaI-DPT (``configs/experiment/{zeroshot,taidpt}_world.yaml``), T2I-PAL
