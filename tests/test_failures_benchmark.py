@@ -452,3 +452,18 @@ def test_slurm_launcher_without_slurm_is_one_clear_message(
     assert code == 2 and "--launcher slurm:" in err and "slurm" in err.lower()
     code, _, err = bench([*ZEROSHOT, "--launcher", "slurm"], capsys)
     assert code == 2 and "does not combine with --isolation in-process" in err
+
+
+def test_a_failing_tuned_cell_is_named_with_its_track(tmp_path: Path) -> None:
+    """The child process rebuilds the cell with its track: error.txt names the tuned cell."""
+    import subprocess
+    import sys
+
+    cell_dir = tmp_path / "comc-world-tuned-s1"
+    cell_dir.mkdir()
+    command = [sys.executable, "-m", "mlr_bench.benchmark.worker", str(cell_dir), "comc"]
+    command += ["world", "1", "--track", "tuned", "--", "fit", "--method", "comc"]
+    command += ["--data", "world", "--no_such_option", "1"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert (cell_dir / "error.txt").read_text().startswith("cell comc-world-tuned-s1 failed")

@@ -99,7 +99,7 @@ def run_in_subprocess(cell: Cell, cell_dir: Path, args: Sequence[str]) -> None:
     """``python -m mlr_bench.benchmark.worker`` with output to the cell's ``log.txt``, in its
     own process group that is killed with the benchmark; it shares the cell's lock."""
     command = [sys.executable, "-m", "mlr_bench.benchmark.worker", str(cell_dir)]
-    command += [cell.method, cell.dataset, str(cell.seed), "--", *args]
+    command += [cell.method, cell.dataset, str(cell.seed), "--track", cell.track, "--", *args]
     log_file = cell_dir / LOG
     fd = held_fd(cell_dir)
     with log_file.open("a", encoding="utf-8") as log:

@@ -15,30 +15,31 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mlr_bench.benchmark.cell import ERROR, LOG, describe_failure, run_cell_here, write_result
-from mlr_bench.benchmark.matrix import Cell
+from mlr_bench.benchmark.matrix import REFERENCE, Cell
 from mlr_bench.benchmark.process import die_with_parent
 from mlr_bench.runs import atomic_write_text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m mlr_bench.benchmark.worker DIR METHOD DATA SEED -- ARGS``; exit code 0 (done),
-    1 (failed) or 130 (interrupted)."""
+    """``python -m mlr_bench.benchmark.worker DIR METHOD DATA SEED [--track T] -- ARGS``; exit
+    code 0 (done), 1 (failed) or 130 (interrupted)."""
     parser = argparse.ArgumentParser(prog="python -m mlr_bench.benchmark.worker")
     parser.add_argument("cell_dir", type=Path)
     parser.add_argument("method")
     parser.add_argument("dataset")
     parser.add_argument("seed", type=int)
-    parser.add_argument("args", nargs=argparse.REMAINDER)
+    parser.add_argument("--track", default=REFERENCE, help="the cell's track (tuned cells)")
     die_with_parent()  # never outlive the benchmark, even one killed with SIGKILL
-    ns = parser.parse_args(argv)
-    args = ns.args[1:] if ns.args[:1] == ["--"] else ns.args
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    ns, args = parser.parse_args(argv[:cut]), argv[cut + 1 :]
     from mlr_bench.cli import _quiet_known_warnings
 
     _quiet_known_warnings()
     # The cell's argv is given to the CLI explicitly, while sys.argv (kept for DDP re-launch)
     # holds the worker's own: an expected combination here.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-    cell = Cell(ns.method, ns.dataset, ns.seed)
+    cell = Cell(ns.method, ns.dataset, ns.seed, ns.track)
     try:
         record = run_cell_here(cell, args)
     except KeyboardInterrupt:
