@@ -373,6 +373,23 @@ def describe_run(logger: WandbLogger, trainer: Trainer, pl_module: LightningModu
         run.name = default_run_name(facts)
 
 
+def log_budget_summary(logger: WandbLogger, budget: Mapping[str, Any] | None) -> None:
+    """The training budget in the run's summary (``budget/*``): steps in all, per stage, the
+    reference recipe's steps and the ratio, device seconds, and the policy's fraction."""
+    if not budget:
+        return
+    summary: dict[str, Any] = {
+        "budget/optimizer_steps": budget.get("optimizer_steps"),
+        "budget/device_s": budget.get("device_s"),
+        "budget/reference_steps": (budget.get("reference") or {}).get("optimizer_steps"),
+        "budget/steps_x_reference": budget.get("ratio_to_reference"),
+        "budget/fraction": (budget.get("policy") or {}).get("budget_fraction"),
+    }
+    for stage, spent in (budget.get("stages") or {}).items():
+        summary[f"budget/{stage}/optimizer_steps"] = spent.get("optimizer_steps")
+    logger.experiment.summary.update({k: v for k, v in summary.items() if v is not None})
+
+
 def log_test_tables(
     logger: WandbLogger,
     trainer: Trainer,

@@ -233,6 +233,14 @@ def test_train_and_test_with_wandb_offline(wandb_offline: Path) -> None:
     assert run.summary["val/mAP"] == run.summary["val/mAP_best"] == max(vals)
     results = json.loads((run_dir / "results_test.json").read_text())
     assert run.summary["test/mAP"] == pytest.approx(results["metrics"]["mAP"], abs=1e-4)
+    # the training budget, as in results_test.json (the world borrows COCO's reference)
+    budget = results["budget"]
+    assert run.summary["budget/optimizer_steps"] == budget["optimizer_steps"] > 0
+    assert run.summary["budget/train/optimizer_steps"] == budget["optimizer_steps"]
+    assert run.summary["budget/reference_steps"] == 4200
+    assert run.summary["budget/steps_x_reference"] == pytest.approx(
+        budget["optimizer_steps"] / 4200
+    )
 
     # tables: per-class AP and predictions with images
     (ap,) = run.tables("test/per_class_ap")

@@ -185,9 +185,10 @@ class Evaluator(Callback):
         self.results[stage] = self._report(trainer, pl_module, metrics, per_class, class_names)
         if stage == "test" and trainer.is_global_zero:
             for logger in _wandb_loggers(trainer):
-                from mlr_bench.loggers import log_test_tables
+                from mlr_bench.loggers import log_budget_summary, log_test_tables
 
                 log_test_tables(logger, trainer, per_class, index, scores, targets)
+                log_budget_summary(logger, self.results[stage].get("budget"))
         if write and self.write_results:
             path = run_dir(trainer) / f"results_{stage}.json"  # collective: call on every rank
             scores_path = path.with_name(f"scores_{stage}.npz")
