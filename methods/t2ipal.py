@@ -1,7 +1,7 @@
 """T2I-PAL (Feng et al., arXiv 2506.10575 / TPAMI 2025), as a documented reconstruction.
 
-The paper's equations are not public (no code, see ``docs/methods/t2ipal.md`` and
-``docs/methods-taidpt-t2ipal.md`` §2.5). What the abstract establishes — a frozen CLIP, training
+The paper's equations are not public (no code; see ``docs/methods/t2ipal.md``, "What the
+abstract establishes"). What the abstract establishes — a frozen CLIP, training
 images generated from captions, a class-wise heatmap, learnable prototypes aggregating local
 similarities, prompt tuning combined with adapter learning, a ranking loss — is built on
 TaI-DPT's double-grained prompts (:mod:`mlr_bench.methods._dpt`); every unknown is a parameter.

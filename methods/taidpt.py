@@ -3,8 +3,8 @@
 Two generic learnable contexts (global, local) are trained on *captions* in place of images:
 a caption's EOT embedding plays the global image feature and its token embeddings play the
 dense features. At test time the same prompts score the image's global feature and its dense
-features. Defaults reproduce the official code (guozix/TaI-DPT, see
-``docs/methods-taidpt-t2ipal.md`` §1): fixed logit scale 4, token softmax scale 50 in training
+features. Defaults reproduce the official code (guozix/TaI-DPT; its quirks are listed in
+``docs/methods/taidpt.md``): fixed logit scale 4, token softmax scale 50 in training
 and spatial scale 40 at test (4 on NUS-WIDE), double ranking loss, SGD 1e-4, 20 cosine epochs
 after one constant warm-up epoch at 1e-5, batch 512, 0.5/0.5 merge, global pool without
 positional embedding.
