@@ -110,9 +110,7 @@ def _without_adapters(model: Any, feats: dict[str, torch.Tensor]) -> dict[str, f
     prompt, raw local PVP): does the adapter, trained on sentence-level (EOT) features, suit
     the token-level vectors it is also applied to?"""
     dense, targets = feats["dense"].float(), feats["target"]
-    text_scale, pvp_scale = model.text_spatial_scale, model.pvp_spatial_scale
-    if model.swap_test_spatial_scales:
-        text_scale, pvp_scale = pvp_scale, text_scale
+    text_scale, pvp_scale = model.test_spatial_scales()
     raw_text = model.prompts(model.ctx_local)
     _, raw_pvp = model.encode_pvps()
     return {

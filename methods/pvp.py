@@ -564,6 +564,12 @@ class PVP(EvalConstantsMixin, FeatureMethod):
         total: Tensor = sum(self.branch_logits(batch).values())  # left to right, as before
         return total
 
+    def test_spatial_scales(self) -> tuple[float, float]:
+        """(text, PVP) token-softmax scales at test: the training ones, swapped under the
+        reference's ``swap_test_spatial_scales`` quirk."""
+        scales = (self.text_spatial_scale, self.pvp_spatial_scale)
+        return scales[::-1] if self.swap_test_spatial_scales else scales
+
     def branch_logits(self, batch: FeatureBatch) -> dict[str, Tensor]:
         """Each branch's ``[B, C]`` logits: after stage 1 ``text_global``, ``text_local``,
         ``pvp_global`` and ``pvp_local``; in stage 1 the two PVP branches alone (what it has
@@ -574,9 +580,7 @@ class PVP(EvalConstantsMixin, FeatureMethod):
         dense = batch["dense"].float()
         if self.append_global_token:
             dense = torch.cat([dense, pooled.unsqueeze(1)], dim=1)
-        text_scale, pvp_scale = self.text_spatial_scale, self.pvp_spatial_scale
-        if self.swap_test_spatial_scales:
-            text_scale, pvp_scale = pvp_scale, text_scale
+        text_scale, pvp_scale = self.test_spatial_scales()
         scale = self.logit_scale
         if self.stage == "pretrain":
             return {

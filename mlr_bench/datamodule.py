@@ -182,10 +182,9 @@ class MLRDataModule(LightningDataModule):
         raise NotImplementedError(f"{type(self).__name__} provides no '{kind}' training data")
 
     def train_size(self, kind: str) -> int:
-        """Training samples of one kind (the budget policy's epoch arithmetic); subclasses that
-        know a count without building the kind's feature cache may say so cheaply."""
-        if kind == TEXT:
-            return len(self.training_corpus())
+        """Training samples of one kind (the budget policy's epoch arithmetic for kinds other
+        than text); subclasses that know the count without building the kind's feature cache
+        say so cheaply."""
         return len(self.train_dataset(kind))
 
     def identity(self, split: str) -> dict[str, Any]:

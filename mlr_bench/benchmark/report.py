@@ -182,6 +182,11 @@ def _budget_text(summary: Summary) -> str:
     return f" · {steps:,.0f} steps{share}"
 
 
+def _paragraph(text: str, shown: object) -> list[str]:
+    """A note paragraph (and its blank line) of the leaderboard, only where it applies."""
+    return [text, ""] if shown else []
+
+
 def _policy_text(records: Sequence[dict[str, Any]]) -> str:
     """The budget policy the trained cells ran under (docs/budgets.md), as one sentence."""
     fractions = set()
@@ -349,14 +354,10 @@ def leaderboard_markdown(
         f"# Leaderboard: {title}",
         "",
         *([coverage, ""] if coverage else []),
-        *(
-            [
-                "**Warning: not all of these cells were run with the same settings (see "
-                "Settings below); compare with care.**",
-                "",
-            ]
-            if len(variants) > 1 or mixed_groups
-            else []
+        *_paragraph(
+            "**Warning: not all of these cells were run with the same settings (see "
+            "Settings below); compare with care.**",
+            len(variants) > 1 or mixed_groups,
         ),
         f"Test mAP (%) of the checkpoint selected on **val** (clean protocol: never test), "
         f"mean ± std over seeds {seed_text} (population std). **Bold**: best per column. "
@@ -370,37 +371,25 @@ def leaderboard_markdown(
         "resolution, crop, number of test images and protocol arguments where the source "
         "states them); sources and settings below.",
         "",
-        *(
-            [
-                "**Protocols:** columns marked *[reference]* ran the reference protocol: "
-                "validation carved from the test set (checkpoints selected on test images, "
-                "optimistic), captions of test images kept in the training text, the reference "
-                "code's class names in prompts. Unmarked columns ran the clean protocol.",
-                "",
-            ]
-            if any(column_dataset(d) != d for d in datasets)
-            else []
+        *_paragraph(
+            "**Protocols:** columns marked *[reference]* ran the reference protocol: "
+            "validation carved from the test set (checkpoints selected on test images, "
+            "optimistic), captions of test images kept in the training text, the reference "
+            "code's class names in prompts. Unmarked columns ran the clean protocol.",
+            any(column_dataset(d) != d for d in datasets),
         ),
-        *(
-            [
-                "**Tracks:** rows marked *(tuned)* ran with the hyperparameters `mlr-bench "
-                "sweep` chose on validation mAP at the recipe's training budget (`--tuned`); "
-                "unmarked rows ran the recipes' reference hyperparameters. The two tracks are "
-                "never averaged together.",
-                "",
-            ]
-            if any(track_of(r) != REFERENCE for r in records)
-            else []
+        *_paragraph(
+            "**Tracks:** rows marked *(tuned)* ran with the hyperparameters `mlr-bench "
+            "sweep` chose on validation mAP at the recipe's training budget (`--tuned`); "
+            "unmarked rows ran the recipes' reference hyperparameters. The two tracks are "
+            "never averaged together.",
+            any(track_of(r) != REFERENCE for r in records),
         ),
-        *(
-            [
-                f"**Random weights:** cells marked *{RANDOM_LABEL}* ran CLIP with a random "
-                "initialisation (`--method.pretrained none`), for rehearsal and throughput only: "
-                "their mAP means nothing, is never bold and has no reported number beside it.",
-                "",
-            ]
-            if random_cells
-            else []
+        *_paragraph(
+            f"**Random weights:** cells marked *{RANDOM_LABEL}* ran CLIP with a random "
+            "initialisation (`--method.pretrained none`), for rehearsal and throughput only: "
+            "their mAP means nothing, is never bold and has no reported number beside it.",
+            random_cells,
         ),
         *_table(header, rows),
     ]
