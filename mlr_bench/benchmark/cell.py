@@ -93,6 +93,20 @@ def _watch_ctrl_c() -> Iterator[list[bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
+def run_cli_stoppable(args: Sequence[str]) -> Any:
+    """``run_cli(args)``, where a stop from outside (Ctrl-C, SIGTERM: Lightning turns them into
+    ``SystemExit(1)``) is raised as KeyboardInterrupt again, told apart from a user error."""
+    from mlr_bench.cli import run_cli
+
+    with _watch_ctrl_c() as pressed:
+        try:
+            return run_cli(list(args))
+        except SystemExit:
+            if pressed or terminating():
+                raise KeyboardInterrupt from None
+            raise
+
+
 def run_cell_here(cell: Cell, args: Sequence[str]) -> dict[str, Any] | None:
     """Run ``mlr-bench <args>`` in this process; the cell's record, or None on a DDP rank > 0.
 
@@ -100,19 +114,12 @@ def run_cell_here(cell: Cell, args: Sequence[str]) -> dict[str, Any] | None:
     eval time is the test stage on the selected checkpoint.
     """
     from mlr_bench.benchmark.probe import CellProbe
-    from mlr_bench.cli import run_cli
     from mlr_bench.eval.evaluator import Evaluator
 
     reset_peak_rss()
     _reset_cuda_peak()
     start = time.perf_counter()
-    with _watch_ctrl_c() as pressed:
-        try:
-            cli = run_cli(list(args))
-        except SystemExit:
-            if pressed or terminating():  # Lightning turns Ctrl-C into SystemExit(1)
-                raise KeyboardInterrupt from None
-            raise
+    cli = run_cli_stoppable(args)
     trainer = getattr(cli, "trainer", None)
     if trainer is None:
         raise CellError(f"cell {cell.name}: `mlr-bench {args[0]}` did not run a Trainer")

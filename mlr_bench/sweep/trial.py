@@ -50,17 +50,12 @@ class TrialError(MLRBenchError):
 
 def run_trial_here(job: TrialJob) -> dict[str, Any] | None:
     """Run the trial's ``fit`` in this process; its record, or None on a DDP rank > 0."""
+    from mlr_bench.benchmark.cell import run_cli_stoppable
     from mlr_bench.budget import budget_record
-    from mlr_bench.cli import run_cli
     from mlr_bench.runs import run_dir
     from mlr_bench.sweep.probe import TrialProbe
 
-    try:
-        cli = run_cli(list(job.args))
-    except SystemExit:
-        if terminating():  # Lightning turns Ctrl-C/SIGTERM into SystemExit(1)
-            raise KeyboardInterrupt from None
-        raise
+    cli = run_cli_stoppable(job.args)
     trainer = getattr(cli, "trainer", None)
     if trainer is None:
         raise TrialError(f"{job.name}: `mlr-bench {job.args[0]}` did not run a Trainer")
