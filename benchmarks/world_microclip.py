@@ -8,7 +8,7 @@ Prints, on 2,000 held-out world test images:
 - whether dense features are meaningful: a class's text embedding against the locations an
   object of that class covers vs the other locations.
 
-    python benchmarks/world_microclip.py [--weights PATH] [--test-images 2000]
+    python benchmarks/world_microclip.py [--model world|world-vit] [--weights PATH]
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ def linear_text_classifier(text_emb, text_labels, seed: int, noise: float, epoch
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="world", help="bundled config: world or world-vit")
     parser.add_argument("--weights", default="bundled", help="weights file or 'bundled'")
     parser.add_argument("--test-images", type=int, default=2000)
     parser.add_argument("--captions", type=int, default=10_000)
@@ -63,7 +64,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     started = time.time()
-    backbone = CLIPBackbone("world", args.weights)
+    backbone = CLIPBackbone(args.model, args.weights)
     size = backbone.image_size
     test = generate(args.test_images, seed=TEST_SEED, image_size=size)
     feats = encode_world_images(backbone, test.images)

@@ -412,7 +412,8 @@ class MLRDataModule(LightningDataModule):
         dataset = self.eval_dataset(split, self.transform or self.resolve_transform())
         if dataset is None:
             return []
-        return self._loader(dataset, self.eval_batch_size, shuffle=False)
+        collate = getattr(self._method(), "eval_collate", lambda: None)()
+        return self._loader(dataset, self.eval_batch_size, shuffle=False, collate_fn=collate)
 
     def val_dataloader(self) -> DataLoader | list:
         return self._eval_loader("val")
@@ -423,13 +424,16 @@ class MLRDataModule(LightningDataModule):
     def predict_dataloader(self) -> DataLoader | list:
         return self._eval_loader("test")
 
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(
+        self, dataset: Dataset, batch_size: int, shuffle: bool, collate_fn: Any = None
+    ) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            collate_fn=collate_fn,
         )
 
 

@@ -42,6 +42,9 @@ class MLRMethod(LightningModule):
     #: "images": evaluation batches carry images; "features": they carry the frozen image
     #: features from the cache (see :class:`FeatureMethod`), and the encoder never reruns.
     eval_inputs: ClassVar[Literal["images", "features"]] = "images"
+    #: Image towers the method works with: "resnet", "vit" (TagCLIP needs a ViT's attention
+    #: maps); the benchmark skips its cells on other backbones instead of failing them.
+    image_towers: ClassVar[frozenset[str]] = frozenset({"resnet", "vit"})
     #: Parts of the frozen text features (``eot``, ``tokens``) the method trains on; empty
     #: means training batches carry raw ``text`` instead.
     text_features: ClassVar[frozenset[str]] = frozenset()
@@ -78,6 +81,11 @@ class MLRMethod(LightningModule):
 
     def eval_transform(self) -> Callable[[Any], Tensor] | None:
         """Image preprocessing the backbone expects; ``None`` lets the datamodule choose."""
+        return None
+
+    def eval_collate(self) -> Callable[[list[Any]], Any] | None:
+        """Collate function of evaluation batches; ``None`` = PyTorch's default (TagCLIP keeps
+        native-size images in a list)."""
         return None
 
     def text_request(self) -> TextRequest:

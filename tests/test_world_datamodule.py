@@ -22,6 +22,16 @@ needs_weights = pytest.mark.skipif(
     not (BUNDLED_WEIGHTS_DIR / "world.safetensors").is_file(),
     reason="bundled world weights not built (python -m mlr_bench.world.pretrain)",
 )
+BUNDLED = [
+    pytest.param(
+        name,
+        marks=pytest.mark.skipif(
+            not (BUNDLED_WEIGHTS_DIR / f"{name}.safetensors").is_file(),
+            reason=f"bundled {name} weights not built (python -m mlr_bench.world.pretrain)",
+        ),
+    )
+    for name in ("world", "world-vit")
+]
 
 
 def test_splits_are_disjoint_deterministic_and_labelled():
@@ -63,10 +73,10 @@ def test_zero_shot_on_the_world_through_the_cli(tmp_path, monkeypatch):
     assert results["metrics"]["mAP"] > 1.5 * chance
 
 
-@needs_weights
-def test_dense_features_localise_objects():
+@pytest.mark.parametrize("model", BUNDLED)
+def test_dense_features_localise_objects(model):
     """A class's text embedding scores higher where its object is than elsewhere."""
-    backbone = CLIPBackbone("world", "bundled")
+    backbone = CLIPBackbone(model, "bundled")
     data = World(num_test=120).split("test")
     class_emb = backbone.encode_text([f"a photo of a {c}." for c in CLASS_NAMES])
     diffs = dense_localisation(
@@ -74,3 +84,15 @@ def test_dense_features_localise_objects():
     )
     assert len(diffs) > 50
     assert diffs.mean() > 0 and (diffs > 0).mean() > 0.6
+
+
+@pytest.mark.parametrize("model", BUNDLED)
+def test_bundled_micro_clip_loads_deterministically(model):
+    """Two loads give the same features; the ViT's 12-px patches give an 8 x 8 grid."""
+    images = torch.from_numpy(World(num_test=4).split("test").images)
+    feats = [encode_world_images(CLIPBackbone(model, "bundled"), images.numpy()) for _ in range(2)]
+    torch.testing.assert_close(feats[0].global_, feats[1].global_, rtol=0, atol=0)
+    torch.testing.assert_close(feats[0].dense, feats[1].dense, rtol=0, atol=0)
+    assert feats[0].global_.shape == (4, 128)
+    if model == "world-vit":
+        assert feats[0].grid == (8, 8)

@@ -19,6 +19,7 @@ from mlr_bench.benchmark.plots import plot_all
 from mlr_bench.benchmark.process import report_interruption, stop_on_signals
 from mlr_bench.benchmark.reference import load_reference
 from mlr_bench.benchmark.report import (
+    BACKBONE_MARK,
     by_protocol,
     by_track,
     leaderboard_markdown,
@@ -132,7 +133,15 @@ def run_benchmark(
     if settings.logger == "wandb":
         settings.project, settings.group = meta["name"], meta["id"]
     tracks = (mx.REFERENCE, mx.TUNED) if settings.tuned is not None else (mx.REFERENCE,)
-    cells = mx.expand(methods, datasets, seeds, tracks)
+    cells = mx.expand(methods, datasets, seeds, tracks, settings.backbones)
+    skipped = sorted({f"{c.method} on {c.backbone}" for c in cells if not mx.runs_on(c)})
+    if skipped:  # e.g. TagCLIP needs a ViT: its ResNet cells would only fail
+        print(
+            f"mlr-bench benchmark: note: skipping {', '.join(skipped)} (the method does not "
+            "support that image tower)",
+            file=sys.stderr,
+        )
+        cells = [c for c in cells if mx.runs_on(c)]
     planned = plan_cells(cells, out, settings, rerun)  # refuses before anything is written
     meta |= {
         "methods": list(methods),
@@ -141,6 +150,7 @@ def run_benchmark(
         "recipes": str(settings.recipes) if settings.recipes else None,
         "configs": [str(c) for c in settings.configs],
         "extra_args": list(settings.extra_args),
+        **({"backbones": list(settings.backbones)} if settings.backbones != (None,) else {}),
         "isolation": isolation,
         **({"tuned": str(settings.tuned)} if settings.tuned is not None else {}),
     }
@@ -184,6 +194,8 @@ def _write_outputs(
     asked_rows = [track_label(m, t) for m in methods for t in tracks]  # and one row per track
     all_methods = _names_in_order(asked_rows, records, "method")
     asked = [protocol_column({"dataset": d, "protocol": settings.protocol}) for d in datasets]
+    found = {r["dataset"] for r in records}  # an asked column split by backbone: its parts
+    asked = [a for a in asked if not any(f.startswith(a + BACKBONE_MARK) for f in found)]
     all_datasets = _names_in_order(asked, records, "dataset")
     all_seeds = sorted(set(seeds) | {int(r["seed"]) for r in records if r.get("status") == "ok"})
     intervals, interval_notes = leaderboard_intervals(records, settings.bootstrap)
@@ -249,6 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--methods", default="all", help="comma-separated names, or all")
     parser.add_argument("--data", default="world", help="comma-separated dataset names")
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (1,2,3)")
+    parser.add_argument(
+        "--backbones",
+        help="comma-separated CLIP backbones, every cell once per backbone (e.g. "
+        "world,world-vit); default: each recipe's own. Leaderboard columns split by backbone",
+    )
     parser.add_argument(
         "--config", action="append", default=[], help="extra config for every cell (repeatable)"
     )
@@ -386,6 +403,8 @@ def benchmark_main(argv: Sequence[str]) -> int:
     methods = mx.resolve_names("method", args.methods)
     datasets = mx.resolve_names("data", args.data)
     seeds = mx.parse_seeds(args.seeds)
+    if args.backbones is not None:
+        settings.backbones = tuple(mx.split_list("--backbones", args.backbones))
     if args.tuned is not None:
         settings.tuned = check_tuned(args.tuned.expanduser(), methods, datasets)
     if recipes is not None and recipes.resolve() != mx.DEFAULT_RECIPES:

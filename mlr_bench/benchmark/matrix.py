@@ -1,9 +1,11 @@
-"""The benchmark matrix: which (method, dataset, seed) cells to run and with which arguments."""
+"""The benchmark matrix: which (method, dataset, backbone, seed) cells to run and with which
+arguments."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -39,11 +41,14 @@ class Cell:
     dataset: str
     seed: int
     track: str = REFERENCE
+    #: ``--backbones``: the CLIP the cell runs (``--method.backbone``); None = its recipe's.
+    backbone: str | None = None
 
     @property
     def name(self) -> str:
         track = "" if self.track == REFERENCE else f"-{self.track}"
-        return f"{self.method}-{self.dataset}{track}-s{self.seed}"
+        backbone = "" if self.backbone is None else "-" + re.sub(r"[^\w.-]", "_", self.backbone)
+        return f"{self.method}-{self.dataset}{backbone}{track}-s{self.seed}"
 
 
 @dataclass
@@ -72,6 +77,8 @@ class CellSettings:
     #: Folder of sweep outputs, ``<tuned>/<method>-<dataset>/best.yaml`` (``--tuned``): adds
     #: the tuned track.
     tuned: Path | None = None
+    #: ``--backbones``: every cell once per CLIP (None = the recipe's own backbone).
+    backbones: Sequence[str | None] = (None,)
 
 
 def split_list(option: str, value: str) -> list[str]:
@@ -140,9 +147,49 @@ def expand(
     datasets: Sequence[str],
     seeds: Sequence[int],
     tracks: Sequence[str] = (REFERENCE,),
+    backbones: Sequence[str | None] = (None,),
 ) -> list[Cell]:
-    """Cells in run order: dataset, method, track, then seed (one method's seeds side by side)."""
-    return [Cell(m, d, s, t) for d in datasets for m in methods for t in tracks for s in seeds]
+    """Cells in run order: dataset, method, backbone, track, then seed (one method's seeds
+    side by side)."""
+    return [
+        Cell(m, d, s, t, b)
+        for d in datasets
+        for m in methods
+        for b in backbones
+        for t in tracks
+        for s in seeds
+    ]
+
+
+def backbone_of(record: Mapping[str, Any]) -> str | None:
+    """A record's ``--backbones`` axis value: its stored settings', else the one a failed or
+    busy cell was given (None: the recipe's own backbone)."""
+    settings = record.get("settings")
+    stored = settings.get("backbone") if isinstance(settings, Mapping) else None
+    return stored or record.get("backbone_axis")
+
+
+def image_tower(backbone: str) -> str | None:
+    """ "resnet" or "vit" for an open_clip config name (bundled ones included), without
+    building the model; None when the name is no known config (a local folder, a typo)."""
+    import open_clip
+
+    from mlr_bench.clip.backbone import register_bundled_configs
+
+    register_bundled_configs()
+    config = open_clip.get_model_config(backbone)
+    if not config:
+        return None
+    return "resnet" if isinstance(config["vision_cfg"].get("layers"), list | tuple) else "vit"
+
+
+def runs_on(cell: Cell) -> bool:
+    """Whether the cell's method can run on its backbone (``MLRMethod.image_towers``)."""
+    if cell.backbone is None:
+        return True
+    tower = image_tower(cell.backbone)
+    method = registry.resolve("method", cell.method).load()
+    return tower is None or tower in method.image_towers
 
 
 def track_of(record: Mapping[str, Any]) -> str:
@@ -154,7 +201,9 @@ def track_of(record: Mapping[str, Any]) -> str:
 
 def record_name(record: Mapping[str, Any]) -> str:
     """The name of the cell a record came from (``comc-world-tuned-s1``)."""
-    cell = Cell(record["method"], record["dataset"], record["seed"], track_of(record))
+    cell = Cell(
+        record["method"], record["dataset"], record["seed"], track_of(record), backbone_of(record)
+    )
     return cell.name
 
 
@@ -190,6 +239,8 @@ def cell_args(cell: Cell, cell_dir: Path, settings: CellSettings) -> list[str]:
     tuned = tuned_config(cell, settings)
     if tuned is not None:
         args += ["--config", str(tuned)]
+    if cell.backbone is not None:
+        args += ["--method.backbone", cell.backbone]
     args += ["--seed_everything", str(cell.seed), "--trainer.default_root_dir", str(cell_dir)]
     if settings.max_epochs is not None:
         args += ["--trainer.max_epochs", str(settings.max_epochs)]
@@ -254,6 +305,7 @@ def cell_settings(cell: Cell, settings: CellSettings) -> dict[str, Any]:
         "protocol": settings.protocol,
         "extra_args": list(settings.extra_args),
         **track,  # reference cells: no key, as before tracks existed
+        **({"backbone": cell.backbone} if cell.backbone is not None else {}),
     }
 
 
@@ -269,7 +321,7 @@ def comparable(stored: Mapping[str, Any]) -> dict[str, Any]:
     if view["protocol"] in (None, CLEAN):  # cells stored before protocols ran clean
         del view["protocol"]  # (and keep the fingerprints they were stored with)
     view["tuned"] = content(view["tuned"])
-    for key in ("track", "tuned"):  # the reference track, as before tracks existed
+    for key in ("track", "tuned", "backbone"):  # as before tracks and backbones existed
         if view[key] in (None, REFERENCE):
             del view[key]
     return view
@@ -277,7 +329,7 @@ def comparable(stored: Mapping[str, Any]) -> dict[str, Any]:
 
 #: The settings a stored cell is compared on, in message order.
 SETTING_KEYS = ("method", "dataset", "seed", "recipe", "configs", "max_epochs", "logger")
-SETTING_KEYS += ("protocol", "extra_args", "track", "tuned")
+SETTING_KEYS += ("protocol", "extra_args", "track", "tuned", "backbone")
 
 
 def fingerprint(stored: Mapping[str, Any]) -> str:
@@ -299,6 +351,8 @@ def _show(key: str, value: Any) -> str:
         return value or REFERENCE
     if key == "tuned":
         return "none" if value is None else str(value.get("path"))
+    if key == "backbone":
+        return value or "the recipe's"
     return "not set" if value is None else str(value)
 
 
@@ -307,7 +361,7 @@ def settings_diff(stored: Mapping[str, Any], now: Mapping[str, Any]) -> list[str
     old, new = comparable(stored), comparable(now)
     lines = []
     for key in SETTING_KEYS:
-        if old.get(key, CLEAN) == new.get(key, CLEAN):  # protocol, track, tuned may be absent
+        if old.get(key, CLEAN) == new.get(key, CLEAN):  # protocol, track, ... may be absent
             continue
         before, after = _show(key, stored.get(key)), _show(key, now.get(key))
         if before == after:  # same path, other content
@@ -320,5 +374,7 @@ def settings_diff(stored: Mapping[str, Any], now: Mapping[str, Any]) -> list[str
             label = "--config"
         elif key == "tuned":
             label = "--tuned config"
+        elif key == "backbone":
+            label = "--backbones"
         lines.append(f"{label}: {before} (stored) -> {after} (now)")
     return lines

@@ -75,13 +75,29 @@ def protocol_column(record: dict[str, Any]) -> str:
 
 
 def by_protocol(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``records`` with ``dataset`` replaced by :func:`protocol_column`."""
-    return [{**r, "dataset": protocol_column(r)} if r.get("dataset") else r for r in records]
+    """``records`` with ``dataset`` replaced by :func:`protocol_column`; a column whose records
+    ran on more than one CLIP backbone is split into one per backbone (``world · world-vit``),
+    so a ResNet and a ViT are never averaged or ranked together."""
+    columns = [protocol_column(r) if r.get("dataset") else None for r in records]
+    backbones: dict[str, set[str]] = {}
+    for record, column in zip(records, columns, strict=True):
+        if column is not None:
+            backbones.setdefault(column, set()).add(str(record.get("backbone")))
+    out = []
+    for record, column in zip(records, columns, strict=True):
+        if column is not None and len(backbones[column]) > 1:
+            column = f"{column}{BACKBONE_MARK}{record.get('backbone')}"
+        out.append(record if column is None else {**record, "dataset": column})
+    return out
+
+
+#: Separates a column's dataset from its backbone when a dataset ran on several backbones.
+BACKBONE_MARK = " · "
 
 
 def column_dataset(column: str) -> str:
-    """The dataset of a leaderboard column (``voc2007 [reference]`` -> ``voc2007``)."""
-    return column.split(" [", 1)[0]
+    """The dataset of a leaderboard column (``voc2007 [reference] · RN50`` -> ``voc2007``)."""
+    return column.split(BACKBONE_MARK, 1)[0].split(" [", 1)[0]
 
 
 # ---- tracks: one row each ---------------------------------------------------------------------

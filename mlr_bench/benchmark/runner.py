@@ -99,7 +99,10 @@ def run_in_subprocess(cell: Cell, cell_dir: Path, args: Sequence[str]) -> None:
     """``python -m mlr_bench.benchmark.worker`` with output to the cell's ``log.txt``, in its
     own process group that is killed with the benchmark; it shares the cell's lock."""
     command = [sys.executable, "-m", "mlr_bench.benchmark.worker", str(cell_dir)]
-    command += [cell.method, cell.dataset, str(cell.seed), "--track", cell.track, "--", *args]
+    command += [cell.method, cell.dataset, str(cell.seed), "--track", cell.track]
+    if cell.backbone is not None:
+        command += ["--backbone", cell.backbone]
+    command += ["--", *args]
     log_file = cell_dir / LOG
     fd = held_fd(cell_dir)
     with log_file.open("a", encoding="utf-8") as log:
@@ -339,6 +342,9 @@ def _account(
     assert record is not None
     if cell.track != REFERENCE:  # failed and busy records too
         record = {**record, "track": cell.track}
+    if cell.backbone is not None and record.get("status") != "ok":
+        record = {**record, "backbone_axis": cell.backbone}
+        record.setdefault("backbone", cell.backbone)
     if record.get("status") != "ok":  # a finished cell records the protocol it ran
         record.setdefault("protocol", settings.protocol)
     bar.write(status_line(index, total, record))

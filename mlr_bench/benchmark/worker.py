@@ -21,14 +21,15 @@ from mlr_bench.runs import atomic_write_text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m mlr_bench.benchmark.worker DIR METHOD DATA SEED [--track T] -- ARGS``; exit
-    code 0 (done), 1 (failed) or 130 (interrupted)."""
+    """``python -m mlr_bench.benchmark.worker DIR METHOD DATA SEED [--track T] [--backbone B]
+    -- ARGS``; exit code 0 (done), 1 (failed) or 130 (interrupted)."""
     parser = argparse.ArgumentParser(prog="python -m mlr_bench.benchmark.worker")
     parser.add_argument("cell_dir", type=Path)
     parser.add_argument("method")
     parser.add_argument("dataset")
     parser.add_argument("seed", type=int)
     parser.add_argument("--track", default=REFERENCE, help="the cell's track (tuned cells)")
+    parser.add_argument("--backbone", help="the cell's --backbones value")
     die_with_parent()  # never outlive the benchmark, even one killed with SIGKILL
     argv = list(sys.argv[1:] if argv is None else argv)
     cut = argv.index("--") if "--" in argv else len(argv)
@@ -39,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The cell's argv is given to the CLI explicitly, while sys.argv (kept for DDP re-launch)
     # holds the worker's own: an expected combination here.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-    cell = Cell(ns.method, ns.dataset, ns.seed, ns.track)
+    cell = Cell(ns.method, ns.dataset, ns.seed, ns.track, ns.backbone)
     try:
         record = run_cell_here(cell, args)
     except KeyboardInterrupt:

@@ -419,9 +419,12 @@ def _unit(x: Tensor) -> Tensor:
     return F.normalize(x.float(), dim=-1)
 
 
-def resize_positional_embedding(pos: Tensor, grid: tuple[int, int]) -> Tensor:
+def resize_positional_embedding(
+    pos: Tensor, grid: tuple[int, int], mode: str = "bicubic"
+) -> Tensor:
     """``pos`` (``[1 + n*n, C]``: a leading class/mean token, then an n x n grid) for an
-    ``grid`` = (h, w) map: the first row kept, the grid resized bicubically (CLIP practice).
+    ``grid`` = (h, w) map: the first row kept, the grid resized bicubically (CLIP practice;
+    ``mode`` picks another ``F.interpolate`` mode, e.g. TagCLIP's "bilinear").
 
     The native grid returns ``pos`` itself, so native-size features stay bit-identical. The
     resize runs in float32 (half-precision bicubic is unsupported on CPU) and is cast back;
@@ -434,7 +437,7 @@ def resize_positional_embedding(pos: Tensor, grid: tuple[int, int]) -> Tensor:
     if (side, side) == tuple(grid):
         return pos
     square = pos[1:].float().reshape(1, side, side, -1).permute(0, 3, 1, 2)
-    resized = F.interpolate(square, size=tuple(grid), mode="bicubic", align_corners=False)
+    resized = F.interpolate(square, size=tuple(grid), mode=mode, align_corners=False)
     spatial = resized.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1).to(pos.dtype)
     return torch.cat([pos[:1], spatial])
 

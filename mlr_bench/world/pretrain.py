@@ -43,17 +43,24 @@ class PretrainConfig:
     save_every: int = 100
     bf16: bool = True  # autocast on CPU: ~25% faster steps, fp32 master weights
     init_from: str = ""  # weights of an earlier phase to continue from (multi-phase recipes)
+    model: str = MODEL_NAME  # bundled open_clip config: "world" (ResNet) or "world-vit"
+    #: Text tower (token embedding, transformer, projection) taken from these weights, e.g. the
+    #: ResNet micro-CLIP's, so two bundled models share one text space.
+    init_text_from: str = ""
+    #: Keep the text tower frozen (LiT): caption embeddings are computed once, steps train the
+    #: image tower and the temperature only (about twice as fast on a CPU).
+    lock_text: bool = False
 
 
-def build_model(seed: int) -> torch.nn.Module:
-    """The micro-CLIP architecture (open_clip config ``world``), freshly initialised."""
+def build_model(seed: int, model: str = MODEL_NAME) -> torch.nn.Module:
+    """A micro-CLIP architecture (bundled open_clip config ``model``), freshly initialised."""
     import open_clip
 
     from mlr_bench.clip.backbone import register_bundled_configs
 
     register_bundled_configs()
     torch.manual_seed(seed)
-    return open_clip.create_model(MODEL_NAME, pretrained=None)
+    return open_clip.create_model(model, pretrained=None)
 
 
 def normalise_images(images: torch.Tensor) -> torch.Tensor:
@@ -71,8 +78,24 @@ def _lr_at(step: int, cfg: PretrainConfig) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def _is_text_tower(name: str) -> bool:
+    return not name.startswith("visual.") and name != "logit_scale"
+
+
+@torch.no_grad()
+def _encode_captions(
+    model: torch.nn.Module, tokens: torch.Tensor, batch: int = 1024
+) -> torch.Tensor:
+    """Unit caption embeddings of a locked text tower, ``[N, D]`` for tokens ``[N, L]``."""
+    parts = []
+    for i in tqdm(range(0, len(tokens), batch), desc="caption embeddings", mininterval=5):
+        parts.append(model.encode_text(tokens[i : i + batch], normalize=True).float())
+    return torch.cat(parts)
+
+
 def pretrain(cfg: PretrainConfig, out_dir: Path) -> Path:
-    """Train and write ``world.safetensors`` (fp16) plus ``world_recipe.json``; returns the path."""
+    """Train and write ``<model>.safetensors`` (fp16) plus ``<model>_recipe.json``; returns the
+    weights' path."""
     import open_clip
     from safetensors.torch import save_file
 
@@ -91,19 +114,35 @@ def pretrain(cfg: PretrainConfig, out_dir: Path) -> Path:
         captions_per_image=cfg.captions_per_image,
     )  # fmt: skip
     images = torch.from_numpy(pool.images)
-    tokenizer = open_clip.get_tokenizer(MODEL_NAME)
+    tokenizer = open_clip.get_tokenizer(cfg.model)
     tokens = tokenizer(pool.captions).view(cfg.pool_images, cfg.captions_per_image, -1)
     print(f"  done in {time.time() - started:.0f}s", flush=True)
 
-    model = build_model(cfg.seed)
+    model = build_model(cfg.seed, cfg.model)
     model.logit_scale.data.fill_(math.log(1 / cfg.init_temperature))
-    if cfg.init_from:
-        from safetensors.torch import load_file
+    from safetensors.torch import load_file
 
+    if cfg.init_text_from:
+        text = {k: v.float() for k, v in load_file(cfg.init_text_from).items() if _is_text_tower(k)}
+        missing = [k for k in model.state_dict() if _is_text_tower(k) and k not in text]
+        if missing:
+            raise ValueError(f"{cfg.init_text_from} lacks text-tower tensors {missing[:3]}")
+        model.load_state_dict(text, strict=False)
+        print(f"text tower from {cfg.init_text_from}", flush=True)
+    if cfg.init_from:
         model.load_state_dict({k: v.float() for k, v in load_file(cfg.init_from).items()})
         print(f"continuing from {cfg.init_from}", flush=True)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embedding" in n]
+    caption_emb = None
+    if cfg.lock_text:
+        for name, p in model.named_parameters():
+            p.requires_grad_(not _is_text_tower(name))
+        model.eval()
+        caption_emb = _encode_captions(model, tokens.flatten(0, 1)).view(
+            cfg.pool_images, cfg.captions_per_image, -1
+        )
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in trainable if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in trainable if p.ndim < 2 or "embedding" in n]
     groups = [
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -135,7 +174,10 @@ def pretrain(cfg: PretrainConfig, out_dir: Path) -> Path:
             group["lr"] = _lr_at(step, cfg)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
             image_emb = model.encode_image(normalise_images(images[idx]), normalize=True)
-            text_emb = model.encode_text(tokens[idx, cap], normalize=True)
+            if caption_emb is None:
+                text_emb = model.encode_text(tokens[idx, cap], normalize=True)
+            else:
+                text_emb = caption_emb[idx, cap]
         logits = model.logit_scale.exp() * image_emb.float() @ text_emb.float().T
         loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
         optimizer.zero_grad(set_to_none=True)
@@ -158,7 +200,7 @@ def pretrain(cfg: PretrainConfig, out_dir: Path) -> Path:
             state_path.with_suffix(".tmp").replace(state_path)
     bar.close()
     model.eval()
-    weights = out_dir / f"{MODEL_NAME}.safetensors"
+    weights = out_dir / f"{cfg.model}.safetensors"
     tmp = weights.with_suffix(".tmp")
     save_file({k: v.detach().half().contiguous() for k, v in model.state_dict().items()}, str(tmp))
     tmp.replace(weights)
@@ -171,7 +213,7 @@ def pretrain(cfg: PretrainConfig, out_dir: Path) -> Path:
         "torch": torch.__version__,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
-    atomic_write_json(out_dir / f"{MODEL_NAME}_recipe.json", recipe)
+    atomic_write_json(out_dir / f"{cfg.model}_recipe.json", recipe)
     state_path.unlink(missing_ok=True)
     print(json.dumps(recipe, indent=2), flush=True)
     return weights
