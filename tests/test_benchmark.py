@@ -292,3 +292,31 @@ def test_submitit_launcher_runs_cells_as_jobs_with_the_same_results(tmp_path: Pa
     assert any((tmp_path / "submitit-local" / ".submitit").iterdir())  # the jobs' logs
     again = [*argv, "--out", str(tmp_path / "submitit-local"), "--launcher", "submitit-local"]
     run_cli([*again, "--", *TINY])  # everything done: nothing submitted, exit code 0
+
+
+def test_backbones_axis_runs_each_cell_per_backbone_and_splits_columns(tmp_path: Path) -> None:
+    """--backbones world,world-vit: one cell per backbone, TagCLIP only on the ViT (skipped on
+    the ResNet, not failed), and one leaderboard column per backbone."""
+    settings = tiny_settings(tmp_path / "no-recipes")
+    settings.recipes = None
+    settings.backbones = ("world", "world-vit")
+    settings.extra_args = [*TINY, "--method.pretrained", "none"]
+    runner = CountingRunner()
+    result = run_benchmark(
+        ["zeroshot", "tagclip"], ["world"], [1], tmp_path / "out", settings,
+        isolation="in-process", runner=runner,
+    )  # fmt: skip
+    assert runner.ran == ["zeroshot-world-world-s1", "zeroshot-world-world-vit-s1",
+                          "tagclip-world-world-vit-s1"]  # fmt: skip
+    records = result.outcome.records
+    backbones = {(r["method"], r["backbone"]) for r in records if r["status"] == "ok"}
+    assert backbones == {("zeroshot", "world"), ("zeroshot", "world-vit"), ("tagclip", "world-vit")}
+    board = (tmp_path / "out" / "leaderboard.md").read_text()
+    assert "world · world" in board and "world · world-vit" in board
+    # the stored settings name the backbone: the same folder resumes without re-running
+    again = CountingRunner()
+    run_benchmark(
+        ["zeroshot", "tagclip"], ["world"], [1], tmp_path / "out", settings,
+        isolation="in-process", runner=again,
+    )  # fmt: skip
+    assert again.ran == []
