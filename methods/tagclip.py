@@ -276,20 +276,18 @@ class TagCLIP(MLRMethod):
         from scipy import ndimage
 
         h, w = grid
-        maps = refined - refined.min(dim=0).values
-        span = maps.max(dim=0).values
-        maps = maps / torch.where(span > 0, span, torch.ones_like(span))
-        means = maps.mean(dim=0).cpu().numpy()  # in torch, as the reference
-        maps = maps.cpu().numpy()
         candidate = (refined.max(dim=0).values > 0).cpu().numpy()
-        source = np.zeros(maps.shape, dtype=np.float32)
+        source = np.zeros(tuple(refined.shape), dtype=np.float32)
         clip = self.hparams.reference_box_clipping
         for c in np.flatnonzero(candidate):
-            if span[c] <= 0:
+            # per class on a contiguous vector, as the reference: the threshold is truncated to
+            # an integer, so even the mean's summation order can move a box
+            m = refined[:, c] - refined[:, c].min()
+            if m.max() <= 0:
                 continue  # a flat map has no region (the reference fails on it)
-            m = maps[:, c]
-            levels = (m * 255).astype(np.uint8).reshape(h, w)
-            cut = int(means[c] * np.float32(levels.max()))
+            m = m / m.max()
+            levels = (m.cpu().numpy() * 255).astype(np.uint8).reshape(h, w)
+            cut = int(m.mean() * int(levels.max()))
             labels, count = ndimage.label(levels > cut, structure=np.ones((3, 3)))
             box = np.zeros((h, w), dtype=np.float32)
             for ys, xs in ndimage.find_objects(labels)[:count]:

@@ -111,6 +111,9 @@ REFERENCE_STEPS: dict[tuple[str, str], dict[str, Any]] = {
     ("zeroshot", "voc2007"): {"stages": {}, "derivation": "no training"},
     ("zeroshot", "coco2014"): {"stages": {}, "derivation": "no training"},
     ("zeroshot", "nuswide"): {"stages": {}, "derivation": "no training"},
+    ("tagclip", "voc2007"): {"stages": {}, "derivation": "no training"},
+    ("tagclip", "coco2014"): {"stages": {}, "derivation": "no training"},
+    ("tagclip", "nuswide"): {"stages": {}, "derivation": "no training"},
 }
 
 
