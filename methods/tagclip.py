@@ -81,6 +81,8 @@ class TagCLIP(MLRMethod):
 
     trainer_overrides: ClassVar[Mapping[str, Any]] = {"max_epochs": 1, "log_every_n_steps": 1}
     image_towers: ClassVar[frozenset[str]] = frozenset({"vit"})
+    #: Its own preprocessing resizes without a crop (published numbers are matched on it).
+    eval_center_crop: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -17,9 +17,8 @@ from mlr_bench.benchmark import matrix as mx
 from mlr_bench.benchmark.launcher import LAUNCHERS, SlurmOptions
 from mlr_bench.benchmark.plots import plot_all
 from mlr_bench.benchmark.process import report_interruption, stop_on_signals
-from mlr_bench.benchmark.reference import load_reference
+from mlr_bench.benchmark.reference import BACKBONE_MARK, load_reference
 from mlr_bench.benchmark.report import (
-    BACKBONE_MARK,
     by_protocol,
     by_track,
     leaderboard_markdown,

@@ -35,6 +35,7 @@ load: the string becomes the setting's ``note``.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 from dataclasses import dataclass, fields
@@ -51,6 +52,15 @@ VERIFIED = ("log", "seen")
 #: or someone else running the method (or zero-shot CLIP) in their own paper.
 KINDS = ("official code logs", "paper", "third-party re-run")
 THIRD_PARTY = "third-party re-run"
+#: Separates a leaderboard column's dataset from its backbone when a dataset ran on several.
+BACKBONE_MARK = " · "
+
+
+def column_dataset(column: str) -> str:
+    """The dataset of a leaderboard column (``voc2007 [reference] · RN50`` -> ``voc2007``)."""
+    return column.split(BACKBONE_MARK, 1)[0].split(" [", 1)[0]
+
+
 #: Native input size (px) of the CLIP backbones a published number may name; a cell run
 #: without ``--data.image_size`` was tested at its backbone's size.
 NATIVE_RESOLUTION = {
@@ -182,8 +192,8 @@ class ReferenceTable:
 
     def for_cell(self, method: str, dataset: str) -> list[Reported]:
         """The numbers of ``method`` on ``dataset``; a leaderboard column qualified by its
-        protocol (``voc2007 [reference]``) names its dataset first."""
-        dataset = dataset.split(" [", 1)[0]
+        protocol or backbone (``voc2007 [reference] · RN50``) names its dataset first."""
+        dataset = column_dataset(dataset)
         return [r for r in self.numbers if r.method == method and r.dataset == dataset]
 
 
@@ -249,15 +259,31 @@ def cell_setting(record: dict[str, Any]) -> CellSetting:
     if not isinstance(results, dict):
         return CellSetting(backbone)
     data, method = (_init_args(results.get(key)) for key in ("data", "method"))
-    size = data.get("image_size") or NATIVE_RESOLUTION.get(str(backbone))
+    # mlr-bench's evaluation resizes the shorter side and centre-crops, unless the method
+    # brings its own preprocessing without a crop (TagCLIP: ``input_size``, None = native)
+    crop = bool(getattr(_method_class(results.get("method")), "eval_center_crop", True))
+    native = NATIVE_RESOLUTION.get(str(backbone)) if crop else method.get("input_size")
+    size = data.get("image_size") or native
     samples = results.get("num_samples")
     return CellSetting(
         backbone,
         resolution=int(size) if size else None,
-        crop=True,  # every mlr-bench evaluation resizes the shorter side and centre-crops
+        crop=crop,
         test_images=int(samples) if isinstance(samples, int) else None,
         method_args=dict(method),
     )
+
+
+def _method_class(described: Any) -> Any:
+    """The class a results file's ``method`` names; None when it does not import."""
+    path = described.get("class_path") if isinstance(described, dict) else None
+    if not isinstance(path, str) or "." not in path:
+        return None
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name, None)
+    except Exception:  # a plugin that is gone: judge the cell without its class
+        return None
 
 
 def _init_args(described: Any) -> dict[str, Any]:

@@ -12,7 +12,14 @@ from typing import Any
 import numpy as np
 
 from mlr_bench.benchmark.matrix import REFERENCE, track_of
-from mlr_bench.benchmark.reference import CellSetting, ReferenceTable, Reported, cell_setting
+from mlr_bench.benchmark.reference import (
+    BACKBONE_MARK,
+    CellSetting,
+    ReferenceTable,
+    Reported,
+    cell_setting,
+    column_dataset,
+)
 from mlr_bench.benchmark.uncertainty import Interval
 from mlr_bench.protocol import CLEAN
 from mlr_bench.provenance import PRETRAINED, RANDOM, UNKNOWN
@@ -89,15 +96,6 @@ def by_protocol(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             column = f"{column}{BACKBONE_MARK}{record.get('backbone')}"
         out.append(record if column is None else {**record, "dataset": column})
     return out
-
-
-#: Separates a column's dataset from its backbone when a dataset ran on several backbones.
-BACKBONE_MARK = " · "
-
-
-def column_dataset(column: str) -> str:
-    """The dataset of a leaderboard column (``voc2007 [reference] · RN50`` -> ``voc2007``)."""
-    return column.split(BACKBONE_MARK, 1)[0].split(" [", 1)[0]
 
 
 # ---- tracks: one row each ---------------------------------------------------------------------
