@@ -150,3 +150,25 @@ def test_layer_defaults_are_the_reference_ones_on_a_12_layer_vit():
     method = TagCLIP(class_names=VOC_NAMES, backbone="mlr-tiny-vit16", pretrained=None)
     assert method.refine_layers == (8, 11) and method.vote_min_layers == 4
     assert method.patch == 16 and method.crop_size == 224
+
+
+def test_stage_by_stage_script_prints_every_stage(tmp_path):
+    """benchmarks/tagclip_world.py runs end to end (random tiny ViT: the figures mean
+    nothing, the stages and timings must all be there)."""
+    import json
+    from pathlib import Path
+
+    from bench_fixtures import run_benchmark_script
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "tagclip_world.py"
+    out = tmp_path / "figures.json"
+    done = run_benchmark_script(
+        script, "--backbone", "mlr-tiny-vit", "--pretrained", "none", "--test-images", "12",
+        "--batch", "5", "--json", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    for key in ("step1_coarse_max_mAP", "step2_propagated_max_mAP", "step4_local_mAP"):
+        assert 0 <= figures[key] <= 100
+    assert figures["test_images"] == 12 and figures["crops_per_image"] >= 0
+    assert figures["tagclip_tokens_inside_minus_outside"]["pairs"] > 0
