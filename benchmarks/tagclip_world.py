@@ -16,7 +16,6 @@ import argparse
 import json
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -24,15 +23,9 @@ from PIL import Image
 from mlr_bench.clip.backbone import ImageFeatures
 from mlr_bench.clip.vit_attention import vit_pass
 from mlr_bench.datamodules.world import World
-from mlr_bench.eval.metrics import compute_metrics
 from mlr_bench.methods.tagclip import TagCLIP
 from mlr_bench.world import CLASS_NAMES
-from mlr_bench.world.microclip import dense_localisation
-
-
-def mean_ap(scores: torch.Tensor, labels: np.ndarray) -> float:
-    targets = np.where(labels > 0, 1, -1).astype(np.int8)
-    return compute_metrics(scores.double().numpy(), targets).mAP
+from mlr_bench.world.microclip import dense_localisation, world_mean_ap
 
 
 def main() -> None:
@@ -82,12 +75,17 @@ def main() -> None:
         "backbone": args.backbone,
         "test_images": n,
         "zero_shot_mAP (class token, TagCLIP's templates)": round(
-            mean_ap(torch.cat(zero_shot), labels), 2
+            world_mean_ap(torch.cat(zero_shot), labels), 2
         ),
-        "step1_coarse_max_mAP": round(mean_ap(torch.stack(stages["coarse"]), labels), 2),
-        "step2_propagated_max_mAP": round(mean_ap(torch.stack(stages["propagated"]), labels), 2),
-        "step4_local_mAP": round(mean_ap(torch.stack(stages["local"]), labels), 2),
-        "step5_final_mAP": round(mean_ap(torch.cat(finals), labels), 2),
+        **{
+            f"{name}_mAP": round(world_mean_ap(torch.stack(stages[key]), labels), 2)
+            for name, key in (
+                ("step1_coarse_max", "coarse"),
+                ("step2_propagated_max", "propagated"),
+                ("step4_local", "local"),
+            )
+        },
+        "step5_final_mAP": round(world_mean_ap(torch.cat(finals), labels), 2),
         "crops_per_image": round(crops / n, 2),
         "encoder_pass_ms_per_image": round(1000 * encode_s / n, 2),
         "crop_pass_ms_per_image": round(1000 * crop_s / n, 2),

@@ -22,18 +22,12 @@ import torch
 import torch.nn.functional as F
 
 from mlr_bench.clip import CLIPBackbone
-from mlr_bench.eval.metrics import compute_metrics
 from mlr_bench.text import SynonymLabeler
 from mlr_bench.world import CLASS_NAMES, SYNONYMS, generate, generate_captions
-from mlr_bench.world.microclip import dense_localisation, encode_world_images
+from mlr_bench.world.microclip import dense_localisation, encode_world_images, world_mean_ap
 
 TEST_SEED = 1_000_003
 CAPTION_SEED = 2_000_003
-
-
-def mean_ap(scores: torch.Tensor, labels: np.ndarray) -> float:
-    targets = np.where(labels > 0, 1, -1).astype(np.int8)
-    return compute_metrics(scores.double().numpy(), targets).mAP
 
 
 def linear_text_classifier(text_emb, text_labels, seed: int, noise: float, epochs: int = 30):
@@ -74,9 +68,9 @@ def main() -> None:
 
     rng = np.random.default_rng(0)
     random_map = np.mean(
-        [mean_ap(torch.from_numpy(rng.random(labels.shape)), labels) for _ in range(5)]
+        [world_mean_ap(torch.from_numpy(rng.random(labels.shape)), labels) for _ in range(5)]
     )
-    zero_shot = mean_ap(img_global @ class_emb.T, labels)
+    zero_shot = world_mean_ap(img_global @ class_emb.T, labels)
 
     captions, caption_truth = generate_captions(args.captions, seed=CAPTION_SEED)
     caption_labels = SynonymLabeler(CLASS_NAMES, SYNONYMS)(captions)
@@ -92,7 +86,7 @@ def main() -> None:
     text_only = {}
     for noise in (0.0, 0.1):
         maps = [
-            mean_ap(
+            world_mean_ap(
                 img_global @ linear_text_classifier(text_emb, caption_labels, s, noise).T, labels
             )
             for s in (1, 2, 3)

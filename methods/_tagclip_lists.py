@@ -6,29 +6,10 @@ from __future__ import annotations
 
 from open_clip import OPENAI_IMAGENET_TEMPLATES
 
-#: ``clip_text.py`` ``class_names_voc``: VOC's raw spellings.
-VOC_NAMES = [
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-]
+from mlr_bench.datamodules.voc2007 import CLASS_NAMES as VOC_CLASS_NAMES
+
+#: ``clip_text.py`` ``class_names_voc``: VOC's raw spellings, which the VOC datamodule uses too.
+VOC_NAMES = list(VOC_CLASS_NAMES)
 
 #: ``clip_text.py`` ``class_names_coco``: COCO's 80 classes in category-id order, VOC-style
 #: spellings for the classes the two datasets share.

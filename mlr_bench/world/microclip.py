@@ -15,6 +15,14 @@ from mlr_bench.world.raster import render_scene
 from mlr_bench.world.scenes import Scene
 
 
+def world_mean_ap(scores: Tensor, labels: np.ndarray) -> float:
+    """mAP (%) of scores ``[N, C]`` against the world's 0/1 labels, by the shared metrics."""
+    from mlr_bench.eval.metrics import compute_metrics
+
+    targets = np.where(labels > 0, 1, -1).astype(np.int8)
+    return compute_metrics(scores.double().numpy(), targets).mAP
+
+
 @torch.no_grad()
 def encode_world_images(
     backbone: CLIPBackbone, images: np.ndarray, batch: int = 250
