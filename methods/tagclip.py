@@ -146,15 +146,14 @@ class TagCLIP(MLRMethod):
         self.save_hyperparameters()
         if templates == "single" and "{}" not in prompt:
             raise ValueError(f"prompt must contain '{{}}' for the class name, got {prompt!r}")
-        for name, value in (("crop_weight", crop_weight),):
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if not 0.0 <= crop_weight <= 1.0:
+            raise ValueError(f"crop_weight must be in [0, 1], got {crop_weight}")
         self.backbone = CLIPBackbone(backbone, pretrained)
         if self.backbone.family != "vit":
             raise BackboneLoadError(
                 f"TagCLIP needs a ViT image tower (its patch tokens and attention maps); "
                 f"'{backbone}' is a {self.backbone.family}. Use --method.backbone world-vit "
-                "offline, or ViT-B-16-quickgelu with --method.pretrained openai"
+                "offline, or ViT-B-16 with --method.pretrained openai"
             )
         visual = self.backbone.clip.visual
         self.layers = vit_layers(visual)
