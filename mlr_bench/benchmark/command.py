@@ -133,14 +133,15 @@ def run_benchmark(
         settings.project, settings.group = meta["name"], meta["id"]
     tracks = (mx.REFERENCE, mx.TUNED) if settings.tuned is not None else (mx.REFERENCE,)
     cells = mx.expand(methods, datasets, seeds, tracks, settings.backbones)
-    skipped = sorted({f"{c.method} on {c.backbone}" for c in cells if not mx.runs_on(c)})
+    runnable = [c for c in cells if mx.runs_on(c)]
+    skipped = sorted({f"{c.method} on {c.backbone}" for c in cells if c not in runnable})
     if skipped:  # e.g. TagCLIP needs a ViT: its ResNet cells would only fail
         print(
             f"mlr-bench benchmark: note: skipping {', '.join(skipped)} (the method does not "
             "support that image tower)",
             file=sys.stderr,
         )
-        cells = [c for c in cells if mx.runs_on(c)]
+    cells = runnable
     planned = plan_cells(cells, out, settings, rerun)  # refuses before anything is written
     meta |= {
         "methods": list(methods),

@@ -448,6 +448,21 @@ def _resnet_trunk(visual: nn.Module, images: Tensor) -> Tensor:
     return visual.layer4(visual.layer3(visual.layer2(visual.layer1(x))))
 
 
+def vit_embed(
+    visual: nn.Module, images: Tensor, pos_interpolation: str = "bicubic"
+) -> tuple[Tensor, tuple[int, int]]:
+    """The transformer's input for ``images``: patch embeddings after the class token, the
+    positional embedding resized to their grid and ``ln_pre`` (open_clip's ``_embeds``), and
+    the grid."""
+    x = visual.conv1(images.type(visual.conv1.weight.dtype))  # [B, width, h, w]
+    grid = (int(x.shape[-2]), int(x.shape[-1]))
+    x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+    cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
+    x = torch.cat([cls, x], dim=1)
+    pos = resize_positional_embedding(visual.positional_embedding, grid, mode=pos_interpolation)
+    return visual.ln_pre(visual.patch_dropout(x + pos.to(x.dtype))), grid
+
+
 def _vit_forward(visual: nn.Module, images: Tensor) -> tuple[Tensor, Tensor, tuple[int, int]]:
     """open_clip's VisionTransformer forward with the positional embedding resized to the
     patch grid of ``images``: (projected class token, patch tokens after ``ln_post``, grid).
@@ -455,13 +470,7 @@ def _vit_forward(visual: nn.Module, images: Tensor) -> tuple[Tensor, Tensor, tup
     The same operations in the same order as open_clip's ``_embeds`` + ``forward``, so the
     native size matches ``model.encode_image`` exactly; the frozen parameter is never changed.
     """
-    x = visual.conv1(images.type(visual.conv1.weight.dtype))  # [B, width, h, w]
-    grid = (int(x.shape[-2]), int(x.shape[-1]))
-    x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
-    cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
-    x = torch.cat([cls, x], dim=1)
-    x = x + resize_positional_embedding(visual.positional_embedding, grid).to(x.dtype)
-    x = visual.ln_pre(visual.patch_dropout(x))
+    x, grid = vit_embed(visual, images)
     pooled, tokens = _vit_pool(visual, visual.transformer(x))
     if visual.proj is not None:
         pooled = pooled @ visual.proj

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mlr_bench.clip.backbone import resize_positional_embedding
+from mlr_bench.clip.backbone import vit_embed
 
 
 @dataclass(frozen=True)
@@ -56,13 +56,7 @@ def vit_pass(
             native one ("bicubic" as open_clip, "bilinear" as TagCLIP).
         keep_attention: also return every layer's head-averaged attention map.
     """
-    x = visual.conv1(images.type(visual.conv1.weight.dtype))
-    grid = (int(x.shape[-2]), int(x.shape[-1]))
-    x = x.flatten(2).transpose(1, 2)
-    cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
-    x = torch.cat([cls, x], dim=1)
-    pos = resize_positional_embedding(visual.positional_embedding, grid, mode=pos_interpolation)
-    x = visual.ln_pre(x + pos.to(x.dtype))
+    x, grid = vit_embed(visual, images, pos_interpolation)
     n = x.shape[1]
     self_only = torch.full((n, n), self_only_bias, dtype=x.dtype, device=x.device)
     self_only.fill_diagonal_(0.0)
