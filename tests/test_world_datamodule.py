@@ -76,7 +76,7 @@ def test_zero_shot_on_the_world_through_the_cli(tmp_path, monkeypatch):
 @needs_weights
 def test_dense_features_localise_objects():
     """A class's text embedding scores higher where its object is than elsewhere. (The ViT
-    micro-CLIP's patch tokens do not: docs/world.md gives its figure.)"""
+    micro-CLIP's patch tokens are only about neutral: docs/world.md gives its figure.)"""
     backbone = CLIPBackbone("world", "bundled")
     data = World(num_test=120).split("test")
     class_emb = backbone.encode_text([f"a photo of a {c}." for c in CLASS_NAMES])
