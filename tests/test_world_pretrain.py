@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mlr_bench.errors import MLRBenchError
 from mlr_bench.world.pretrain import (
     PretrainConfig,
     _random_windows,
@@ -49,7 +50,7 @@ def test_vit_pretraining_with_the_dense_term_runs_and_records_its_recipe(tmp_pat
     ],
 )
 def test_bad_dense_settings_are_refused_before_training(tmp_path, change, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(MLRBenchError, match=message):
         pretrain(PretrainConfig(**{**TINY, **change}), tmp_path)
 
 

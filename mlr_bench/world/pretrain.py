@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from mlr_bench.errors import MLRBenchError
 from mlr_bench.runs import atomic_write_json
 from mlr_bench.transforms import CLIP_MEAN, CLIP_STD
 
@@ -183,11 +184,13 @@ def pretrain(cfg: PretrainConfig, out_dir: Path) -> Path:
     started = time.time()
     model = build_model(cfg.seed, cfg.model)
     if cfg.self_distill_view not in ("mask", "resize"):
-        raise ValueError(
+        raise MLRBenchError(
             f"self_distill_view must be 'mask' or 'resize', got {cfg.self_distill_view!r}"
         )
     if cfg.self_distill_weight > 0 and not hasattr(model.visual, "class_embedding"):
-        raise ValueError(f"self_distill_weight needs a ViT image tower; {cfg.model!r} is not one")
+        raise MLRBenchError(
+            f"self_distill_weight needs a ViT image tower; {cfg.model!r} is not one"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     state_path = out_dir / "pretrain_state.pt"
     print(f"rendering {cfg.pool_images} training scenes ...", flush=True)
@@ -315,7 +318,10 @@ def main() -> None:
         parser.add_argument(f"--{name}", type=parse, default=field.default)
     args = vars(parser.parse_args())
     out = args.pop("out")
-    pretrain(PretrainConfig(**args), out)
+    try:
+        pretrain(PretrainConfig(**args), out)
+    except MLRBenchError as exc:  # a bad setting: say which, without a traceback
+        parser.error(str(exc))
 
 
 if __name__ == "__main__":
